@@ -1,0 +1,149 @@
+"""Static figures of a candidate graph, computed without running it: bytes on disk, MACs per data
+type, peak activation memory (tensor liveness), bytes moved, ops the target cannot run.
+
+These feed the cheap screening step (a candidate over a budget here is pruned before it is
+evaluated or benchmarked) and the cost/energy estimates for targets we cannot measure on.
+Written here because the search needs them per trial in milliseconds; ``edgeopt.profiling``
+gives the per-layer view for reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Ops whose multiply-accumulates run in integer arithmetic whatever their float inputs.
+_INTEGER_MAC_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul"}
+_CONV_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose"}
+_MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "FusedMatMul"}
+
+_ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+_ELEM_DTYPE = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp32", 2: "int8", 3: "int8"}
+
+
+@dataclass(frozen=True)
+class StaticFigures:
+    size_bytes: int
+    weight_bytes: int
+    activation_peak_bytes: int
+    activation_total_bytes: int
+    macs_by_dtype: dict = field(default_factory=dict)
+    op_types: tuple = ()
+    unknown_shapes: int = 0
+
+    @property
+    def macs(self) -> int:
+        return int(sum(self.macs_by_dtype.values()))
+
+    @property
+    def bytes_moved(self) -> int:
+        # every weight read once, every activation written once and read once (estimate)
+        return self.weight_bytes + 2 * self.activation_total_bytes
+
+    def ram_bytes(self, runtime: str) -> int:
+        """Peak RAM: generated C keeps weights in flash; ONNX Runtime loads them into RAM."""
+        return self.activation_peak_bytes + (0 if runtime == "c" else self.weight_bytes)
+
+
+def _dims(value_info) -> list | None:
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]  # symbolic dims: batch 1
+
+
+def static_figures(model) -> StaticFigures:
+    """Figures of ``model`` (a ModelHandle) at batch 1."""
+    import onnx
+
+    proto = model.proto()
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # shape inference is best effort: unknown shapes are counted, not fatal
+        pass
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    weight_bytes = int(sum(int(np.prod(i.dims, dtype=np.int64)) * _ELEM_BYTES.get(i.data_type, 4) for i in graph.initializer))
+    shapes: dict[str, tuple[list | None, int]] = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        shapes[vi.name] = (_dims(vi), vi.type.tensor_type.elem_type)
+    for name, init in inits.items():
+        shapes[name] = (list(init.dims), init.data_type)
+
+    def nbytes(name: str) -> int | None:
+        dims, elem = shapes.get(name, (None, 0))
+        if dims is None:
+            return None
+        return int(np.prod(dims, dtype=np.int64)) * _ELEM_BYTES.get(elem, 4)
+
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    macs: dict[str, int] = {}
+    unknown = 0
+    for node in graph.node:
+        if node.op_type not in _CONV_OPS and node.op_type not in _MATMUL_OPS:
+            continue
+        out = shapes.get(node.output[0], (None, 0))[0]
+        if out is None:
+            unknown += 1
+            continue
+        if node.op_type in _CONV_OPS:
+            w_index = 3 if node.op_type == "QLinearConv" else 1
+            w = shapes.get(node.input[w_index], (None, 0))[0]
+            per_output = int(np.prod(w[1:])) if w else None
+        else:
+            a = shapes.get(node.input[0], (None, 0))[0]
+            per_output = a[-1] if a else None
+            if node.op_type == "Gemm" and a and any(at.name == "transA" and at.i for at in node.attribute):
+                per_output = a[0]
+        if per_output is None:
+            unknown += 1
+            continue
+        # QDQ graphs: a float Conv/MatMul fed by DequantizeLinear is executed as an int8 kernel
+        if node.op_type in _INTEGER_MAC_OPS or producer.get(node.input[0]) == "DequantizeLinear":
+            dtype = "int8"
+        else:
+            dtype = _ELEM_DTYPE.get(shapes.get(node.input[0], (None, 1))[1], "fp32")
+        macs[dtype] = macs.get(dtype, 0) + int(np.prod(out, dtype=np.int64)) * int(per_output)
+
+    # Liveness over graph order (ONNX requires topological order): a tensor lives from its
+    # producer until its last consumer; graph inputs from the start, outputs to the end.
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name and name not in inits:
+                last_use[name] = i
+    outputs = {o.name for o in graph.output}
+    live: dict[str, int] = {}
+    for gi in graph.input:
+        if gi.name not in inits:
+            live[gi.name] = nbytes(gi.name) or 0
+    peak = sum(live.values())
+    total = 0
+    for i, node in enumerate(graph.node):
+        for name in node.output:
+            if name:
+                size = nbytes(name)
+                if size is None:
+                    unknown += 1
+                    size = 0
+                live[name] = size
+                total += size
+        peak = max(peak, sum(live.values()))
+        for name in list(live):
+            if name not in outputs and last_use.get(name, -1) <= i:
+                del live[name]
+    return StaticFigures(
+        size_bytes=model.size_bytes, weight_bytes=weight_bytes, activation_peak_bytes=int(peak),
+        activation_total_bytes=int(total), macs_by_dtype=macs,
+        op_types=tuple(sorted({n.op_type for n in graph.node})), unknown_shapes=unknown,
+    )
+
+
+def unsupported_on(target, figures: StaticFigures) -> list[str]:
+    """Ops and MAC data types in the candidate that the target does not list."""
+    problems = []
+    if target.ops is not None:
+        problems += [f"op:{op}" for op in figures.op_types if op not in set(target.ops)]
+    problems += [f"dtype:{d}" for d, n in figures.macs_by_dtype.items() if n and d not in target.dtypes]
+    return problems

@@ -1,0 +1,140 @@
+"""The recipe search space: which techniques, in which order, with which parameters.
+
+Passes are grouped into *families* by the part of their name before the first dot
+(``quantize.int8`` and ``quantize.fp16`` are both ``quantize``): a recipe uses at most one pass
+per family, chosen by the trial parameter ``use__<family>`` (``"none"`` or a pass name). A chosen
+pass's parameters are trial parameters named ``step__param``, exactly as
+:meth:`edgeopt.recipe.Recipe.set_params` names them, so a trial's parameters can be replayed on a
+recipe unchanged.
+
+Passes that need training data (``"train"`` in ``requires``) are expensive; they get their own
+``train__<family>`` choice, which the search only offers once cheap recipes have been screened
+(fine-tuning only for promising recipes).
+
+Order: torch-stage passes (which train the PyTorch twin) before onnx-stage passes, then by the
+family order below (structure-changing before precision-changing: pruned or factorized weights
+must exist before they are quantized), then by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import ConfigError
+from ..passes.base import Pass
+
+NONE = "none"
+
+# Lower runs earlier within a stage. Families not listed sit in the middle (50).
+FAMILY_ORDER = {
+    "fold": 0, "fuse": 0, "simplify": 0,
+    "prune": 10, "lowrank": 20, "cluster": 30, "cluster_weights": 30, "distill": 40, "qat": 45,
+    "quantize": 90,
+}
+_STAGE_ORDER = {"torch": 0, "onnx": 1}
+
+
+def family_of(pass_name: str) -> str:
+    return pass_name.split(".", 1)[0].replace("-", "_")
+
+
+def is_expensive(cls: type[Pass]) -> bool:
+    return "train" in cls.requires
+
+
+def order_key(cls: type[Pass]) -> tuple:
+    fam = family_of(cls.name)
+    return (_STAGE_ORDER.get(cls.stage, 1), FAMILY_ORDER.get(fam, 50), fam, cls.name)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Candidate passes (classes) plus fixed parameter values (``step__param``) the search must not vary.
+
+    >>> from edgeopt.search import SearchSpace   # doctest: +SKIP
+    >>> space = SearchSpace.from_names(["quantize.int8", "prune.magnitude"])   # doctest: +SKIP
+    """
+
+    passes: tuple[type[Pass], ...]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        names = [p.name for p in self.passes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a search space lists each pass once; got {names}")
+        for p in self.passes:
+            if not (isinstance(p, type) and issubclass(p, Pass) and p.name):
+                raise ConfigError(f"a search space holds Pass subclasses with a name; got {p!r}")
+
+    @classmethod
+    def from_names(cls, names: Iterable[str] | None = None, *, exclude: Iterable[str] = (), fixed: Mapping[str, Any] | None = None) -> "SearchSpace":
+        """A space over the registered passes named (families like 'quantize' select all their passes);
+        all registered passes when ``names`` is None."""
+        from ..passes import available_passes
+
+        registry = available_passes()
+        if names is None:
+            chosen = list(registry.values())
+        else:
+            chosen = []
+            for name in names:
+                matches = [c for n, c in registry.items() if n == name or family_of(n) == family_of(name) == name]
+                if not matches:
+                    raise ConfigError(f"unknown technique {name!r}; registered passes: {', '.join(registry) or '(none)'}")
+                chosen += [m for m in matches if m not in chosen]
+        excluded = set(exclude)
+        return cls(tuple(c for c in chosen if c.name not in excluded and family_of(c.name) not in excluded), dict(fixed or {}))
+
+    @property
+    def has_expensive(self) -> bool:
+        return any(is_expensive(p) for p in self.passes)
+
+    def families(self) -> dict[str, dict[str, list[type[Pass]]]]:
+        """family -> {"cheap": [...], "train": [...]}, families in recipe order."""
+        out: dict[str, dict[str, list[type[Pass]]]] = {}
+        for cls in sorted(self.passes, key=order_key):
+            slot = out.setdefault(family_of(cls.name), {"cheap": [], "train": []})
+            slot["train" if is_expensive(cls) else "cheap"].append(cls)
+        return out
+
+    def suggest(self, trial, *, allow_expensive: bool = True, seed: int = 0):
+        """Sample a Recipe from an optuna trial (define-by-run; conditional parameters)."""
+        from ..recipe import Recipe, step_name
+
+        chosen: list[type[Pass]] = []
+        for fam, slots in self.families().items():
+            if slots["cheap"]:
+                pick = trial.suggest_categorical(f"use__{fam}", [NONE] + [c.name for c in slots["cheap"]])
+                if pick != NONE:
+                    chosen.append(next(c for c in slots["cheap"] if c.name == pick))
+            if slots["train"] and allow_expensive:
+                pick = trial.suggest_categorical(f"train__{fam}", [NONE] + [c.name for c in slots["train"]])
+                if pick != NONE:
+                    chosen.append(next(c for c in slots["train"] if c.name == pick))
+        chosen.sort(key=order_key)
+        instances = []
+        for cls in chosen:
+            step = step_name(cls.name)
+            params = {}
+            for key, dim in cls.search_space().items():
+                full = f"{step}__{key}"
+                params[key] = self.fixed[full] if full in self.fixed else dim.suggest(trial, full)
+            fixed_here = {k.split("__", 1)[1]: v for k, v in self.fixed.items() if k.split("__", 1)[0] == step}
+            params.update(fixed_here)
+            try:
+                inst = cls(**params) if params else cls()
+                inst.validate()
+            except TypeError as e:
+                raise ConfigError(f"pass {cls.name!r} rejected parameters {params}: {e}") from e
+            instances.append(inst)
+        return Recipe.of(instances, seed=seed)
+
+    def describe(self) -> list[dict]:
+        rows = []
+        for fam, slots in self.families().items():
+            for kind in ("cheap", "train"):
+                for cls in slots[kind]:
+                    rows.append({"family": fam, "pass": cls.name, "stage": cls.stage, "expensive": kind == "train",
+                                 "params": {k: repr(v) for k, v in cls.search_space().items()}})
+        return rows
