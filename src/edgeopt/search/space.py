@@ -60,12 +60,12 @@ class SearchSpace:
     fixed: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        names = [p.name for p in self.passes]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"a search space lists each pass once; got {names}")
         for p in self.passes:
             if not (isinstance(p, type) and issubclass(p, Pass) and p.name):
                 raise ConfigError(f"a search space holds Pass subclasses with a name; got {p!r}")
+        names = [p.name for p in self.passes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a search space lists each pass once; got {names}")
 
     @classmethod
     def from_names(cls, names: Iterable[str] | None = None, *, exclude: Iterable[str] = (), fixed: Mapping[str, Any] | None = None) -> "SearchSpace":
