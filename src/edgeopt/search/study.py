@@ -252,18 +252,27 @@ def make_storage(url: str | None, options: SearchOptions):
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True
+    import sqlalchemy.exc
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat options are marked experimental in optuna
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=options.heartbeat_interval,
-                grace_period=options.grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry),
-            )
-        except ImportError as e:
-            raise ConfigError(f"no database driver for {_redact(url)!r}: {e}") from e
-        except Exception as e:
-            raise ConfigError(f"cannot open the study store {_redact(url)!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=options.heartbeat_interval,
+                    grace_period=options.grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry),
+                )
+            except ImportError as e:
+                raise ConfigError(f"no database driver for {_redact(url)!r}: {e}") from e
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+                # Workers starting together on an empty database race to create optuna's tables and
+                # types; the loser sees them half-created. They exist on the next attempt.
+                if attempt == 4:
+                    raise ConfigError(f"cannot create the study tables in {_redact(url)!r}: {str(e).splitlines()[0]}") from e
+                time.sleep(0.5 * (attempt + 1))
+            except Exception as e:
+                raise ConfigError(f"cannot open the study store {_redact(url)!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
 def _make_sampler(kind: str, seed: int):
@@ -502,7 +511,9 @@ def run_search(
         trial.set_user_attr("recipe", recipe_dict)
         trial.set_user_attr("recipe_key", key)
         for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if other.number != trial.number and other.user_attrs.get("recipe_key") == key:
+            # a RUNNING twin in another worker: the earlier trial evaluates, the later one yields
+            earlier = other.state == TrialState.COMPLETE or other.number < trial.number
+            if other.number != trial.number and earlier and other.user_attrs.get("recipe_key") == key:
                 trial.set_user_attr("reason", f"duplicate of trial {other.number}: not evaluated again")
                 raise optuna.TrialPruned("duplicate")
         try:
