@@ -108,26 +108,54 @@ def static_figures(model) -> StaticFigures:
 
     # Liveness over graph order (ONNX requires topological order): a tensor lives from its
     # producer until its last consumer; graph inputs from the start, outputs to the end.
+    #
+    # A QDQ graph runs as int8 kernels, so two kinds of float tensors never exist in memory:
+    # a DequantizeLinear output (the kernel reads the int8 tensor behind it, which therefore
+    # lives until the kernel's step) and a float output that only QuantizeLinear consumes (the
+    # kernel writes the int8 result directly, at its own step). Counting them would make every
+    # quantized model look larger in RAM than the float one.
+    outputs = {o.name for o in graph.output}
+    graph_inputs = {gi.name for gi in graph.input if gi.name not in inits}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    alias: dict[str, str] = {}        # fused DequantizeLinear output -> the int8 tensor it reads
+    written_early: dict[str, list[str]] = {}   # float tensor only requantized -> the int8 tensors
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if not out or out in outputs:
+            continue
+        if node.op_type == "DequantizeLinear":   # of an activation, or of int8 weights kept in storage
+            alias[out] = node.input[0]
+        users = consumers.get(out, [])
+        if node.op_type != "DequantizeLinear" and users and all(u.op_type == "QuantizeLinear" for u in users):
+            written_early[out] = [u.output[0] for u in users]
+    preallocated = {q for qs in written_early.values() for q in qs}
+
+    def root(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
     last_use: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         for name in node.input:
             if name and name not in inits:
-                last_use[name] = i
-    outputs = {o.name for o in graph.output}
-    live: dict[str, int] = {}
-    for gi in graph.input:
-        if gi.name not in inits:
-            live[gi.name] = nbytes(gi.name) or 0
+                last_use[root(name)] = i
+    live: dict[str, int] = {name: nbytes(name) or 0 for name in graph_inputs}
     peak = sum(live.values())
     total = 0
     for i, node in enumerate(graph.node):
         for name in node.output:
-            if name:
-                size = nbytes(name)
+            if not name or name in alias or name in preallocated:
+                continue
+            for real in written_early.get(name, [name]):
+                size = nbytes(real)
                 if size is None:
                     unknown += 1
                     size = 0
-                live[name] = size
+                live[real] = size
                 total += size
         peak = max(peak, sum(live.values()))
         for name in list(live):

@@ -37,7 +37,7 @@ def trials_table(result) -> list[dict[str, Any]]:
             "recipe": t.label(),
             "params": {k: v for k, v in t.params.items() if not k.startswith(("use__", "train__"))},
             "metric": None if not m or m.metric_value is None else round(m.metric_value, 5),
-            "drop": None if not m or m.metric_drop is None else round(m.metric_drop, 5),
+            "drop": None if not m or m.metric_drop is None else round(m.metric_drop, 5) + 0.0,  # no "-0.0"
             "drop_ci95": None if not m or not m.metric_drop_ci else [round(x, 5) for x in m.metric_drop_ci],
             "samples": m.samples if m else None,
             "latency_ms": None if not m else m.latency_ms,
@@ -95,7 +95,7 @@ def pareto_figure(result):
         fig.add_trace(go.Scatter(x=[t.metrics.latency_ms for t in group], y=[t.metrics.size_bytes / 1024 for t in group],
                                  mode="markers", name=label, text=hover, hoverinfo="text",
                                  marker=dict(symbol=symbol, size=10, color=colour, colorscale="Viridis",
-                                             showscale=label == "feasible", colorbar=dict(title=result.metric or "metric", x=0.44))),
+                                             showscale=label == "feasible", colorbar=dict(title=result.metric or "metric", x=1.02, len=0.8))),
                       row=1, col=1)
         fig.add_trace(go.Scatter(x=[t.metrics.latency_ms for t in group], y=[t.metrics.metric_value for t in group],
                                  mode="markers", name=label, text=hover, hoverinfo="text", showlegend=False,
@@ -121,9 +121,10 @@ def pareto_figure(result):
                       annotation_text=f"max drop {result.max_drop:.3g}")
     fig.update_xaxes(title_text=f"latency, ms ({method})", row=1, col=1)
     fig.update_xaxes(title_text=f"latency, ms ({method})", row=1, col=2)
-    fig.update_yaxes(title_text="size on disk, KiB", row=1, col=1)
+    fig.update_yaxes(title_text="size on disk, KiB (log)", type="log", row=1, col=1)
     fig.update_yaxes(title_text=result.metric or "metric", row=1, col=2)
-    fig.update_layout(height=520, margin=dict(l=60, r=30, t=60, b=60), template="plotly_white",
+    fig.update_layout(height=560, margin=dict(l=60, r=30, t=80, b=60), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.18, x=0),
                       title=f"Search on {result.target.name}: {len(result.trials)} trials, {len(result.pareto)} on the Pareto front")
     return fig
 
