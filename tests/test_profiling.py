@@ -189,6 +189,28 @@ def test_qdq_conv_reports_int8_precision():
     assert rows["q_x"].macs == 3 * 10 * 10
 
 
+def test_symbolic_shape_fallback_for_contrib_ops():
+    """ONNX shape inference knows no com.microsoft ops; ORT's symbolic inference fills the gap."""
+    k, n, block = 64, 16, 32
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(0, 255, (n, k // block, block // 2)).astype(np.uint8), "B"),
+             numpy_helper.from_array(np.full(n * k // block, 0.1, dtype=np.float32), "scales")]
+    nodes = [helper.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], name="matmul4", domain="com.microsoft",
+                              K=k, N=n, bits=4, block_size=block),
+             helper.make_node("Relu", ["Y"], ["Z"], name="relu")]
+    graph = helper.make_graph(nodes, "nbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["batch", k])],
+                              [helper.make_tensor_value_info("Z", TensorProto.FLOAT, ["batch", "n"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    assert not onnx.shape_inference.infer_shapes(model).graph.value_info  # the gap is real
+    p = profile(edgeopt.load(model), measure=False)
+    rows = {r.name: r for r in p.nodes}
+    assert rows["matmul4"].macs == k * n and rows["matmul4"].precision == "int4"
+    assert rows["matmul4"].parameters == k * n
+    assert rows["relu"].output_shapes == ((1, n),) and rows["relu"].macs == n
+    assert (p.activation_peak_bytes, p.activation_peak_node) == ((k + n) * 4, "matmul4")  # A and Y
+    assert not p.notes
+
+
 # ------------------------------------------------------------------------------------------------
 # Measured latency shares and the whole profile
 # ------------------------------------------------------------------------------------------------
@@ -205,6 +227,8 @@ def test_resnet8_latency_shares_cover_heavy_nodes(resnet8):
         assert node.latency_share is not None and node.latency_share > 0, node.name
     # ORT fuses Conv+Relu into one NCHWc kernel named after the Relu output: credited to the Conv
     assert latency.fused["model/activation/Relu"] == "model/conv2d/BiasAdd"
+    # every node is accounted for: its own kernel, or fused into another node's
+    assert all(n.latency_share is not None or n.fused_into for n in p.nodes)
     assert set(latency.unmatched) <= {"ReorderInput", "ReorderOutput"}
     assert sum(n.latency_share or 0 for n in p.nodes if n.op_type == "Conv") + sum(
         latency.unmatched.values()) <= 1.0

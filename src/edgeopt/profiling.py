@@ -172,7 +172,8 @@ class LatencyProfile:
                 "method": "ONNX Runtime profiler (SessionOptions.enable_profiling), CPU execution provider, "
                           "all graph optimizations on; share = a node's median kernel time per run / the sum of "
                           "all kernels' medians (warm-up runs dropped). ORT kernels that fuse several original "
-                          "nodes are credited to the main node; the others name it in fused_into. Kernels that "
+                          "nodes are credited to the main node; the others name it in fused_into (for elementwise nodes "
+                          "with no kernel of their own this is inferred from the graph: their latest producer). Kernels that "
                           "match no original node (e.g. layout reorders) are aggregated by op type in "
                           "unmatched_by_op_type."}
 
@@ -231,6 +232,7 @@ class Profile:
         """
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         sort = sort or ("latency" if self.latency else "macs")
         if sort not in ("macs", "latency"):
@@ -239,32 +241,33 @@ class Profile:
             raise ConfigError("sort='latency' needs a measured profile; profile with measure=True or sort by 'macs'")
         scope = " per sample" if self.per_sample else ""
         summary = Table(title=f"profile of {self.model}", show_header=False, title_justify="left")
-        summary.add_column("figure", style="bold")
+        summary.add_column("figure", style="bold", no_wrap=True)
         summary.add_column("value")
         summary.add_row("parameters", f"{self.parameters:,}")
         summary.add_row("weight bytes", f"{self.weight_bytes:,} ("
                         + ", ".join(f"{k}: {v:,}" for k, v in self.weight_bytes_by_dtype.items()) + ")")
         summary.add_row(f"MACs{scope}", f"{self.macs:,}")
-        summary.add_row(f"peak activation memory{scope}",
+        summary.add_row(f"peak activations{scope}",
                         f"{self.activation_peak_bytes:,} bytes at {self.activation_peak_node}")
         summary.add_row("ops", ", ".join(f"{k} {v}" for k, v in self.op_histogram.items()))
         if self.latency:
-            summary.add_row("latency (ORT profiler)", f"{self.latency.run_us_median / 1000:.3f} ms median per run, "
-                            f"{self.latency.threads} thread(s), {self.latency.runs} runs")
-            if self.latency.unmatched:
-                summary.add_row("unmatched kernels", ", ".join(f"{k} {v:.1%}" for k, v in self.latency.unmatched.items()))
+            summary.add_row("latency", f"{self.latency.run_us_median / 1000:.3f} ms median per run (ORT profiler, "
+                            f"{self.latency.threads} thread(s), {self.latency.runs} runs)")
         if self.evaluation is not None:
             summary.add_row("quality", str(self.evaluation))
-        for note in self.notes:
-            summary.add_row("note", note)
 
         key = (lambda n: n.latency_share or 0.0) if sort == "latency" else (lambda n: n.macs)
         rows = sorted(self.nodes, key=key, reverse=True)[:top]
+        prefix = _common_scope([n.name for n in self.nodes])
         nodes = Table(title=f"top {len(rows)} nodes by {'latency share' if sort == 'latency' else 'MACs'}",
-                      title_justify="left")
+                      title_justify="left", caption=f"node names without the prefix {prefix!r}" if prefix else None,
+                      caption_justify="left")
         for col, justify in (("#", "right"), ("node", "left"), ("op", "left"), ("precision", "left"),
                              ("MACs", "right"), ("params", "right"), ("live bytes", "right"), ("latency", "right")):
-            nodes.add_column(col, justify=justify)
+            if col == "node":
+                nodes.add_column(col, justify=justify, overflow="fold", ratio=1)
+            else:
+                nodes.add_column(col, justify=justify, no_wrap=True)
         for n in rows:
             if n.latency_share is not None:
                 latency = f"{n.latency_share:.1%}"
@@ -272,13 +275,17 @@ class Profile:
                 latency = "fused"
             else:
                 latency = "-"
-            nodes.add_row(str(n.index), _shorten(n.name), n.op_type, n.precision, f"{n.macs:,}",
+            nodes.add_row(str(n.index), n.name[len(prefix):] if n.name.startswith(prefix) else n.name, n.op_type, n.precision, f"{n.macs:,}",
                           f"{n.parameters:,}", f"{n.live_bytes:,}", latency)
-        return Group(summary, nodes)
+        notes = Text("\n".join(f"note: {note}" for note in self.notes), style="dim")
+        return Group(summary, nodes, notes)
 
 
-def _shorten(name: str, width: int = 48) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+def _common_scope(names: list[str]) -> str:
+    """The longest '/'-terminated prefix shared by every name (exporters scope all nodes alike)."""
+    scoped = [n for n in names if "/" in n]
+    prefix = os.path.commonprefix(scoped) if len(scoped) > 1 else ""
+    return prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -701,6 +708,7 @@ def _parse_trace(events: list[dict], proto, *, threads: int, runs: int, warmup: 
         node_us[anchor] += us
         for other in absorbed:
             fused[other] = anchor
+    mapper.credit_kernelless(node_us, fused)
     return LatencyProfile(
         threads=threads, runs=len(measured_runs), warmup=warmup,
         run_us_median=float(statistics.median(e["dur"] for e in measured_runs)) if measured_runs else math.nan,
@@ -743,8 +751,29 @@ class _KernelMapper:
                 if best is None or len(original) > len(best):
                     best = original
         if best is not None:
-            return self.by_name[best], []
+            anchor = self.by_name[best]
+            absorbed = []
+            if kernel.endswith("MatMulAddFusion"):  # MatMul + bias Add became one Gemm
+                absorbed = [c for c in self.consumers.get(self.nodes[anchor].output[0], [])
+                            if self.nodes[c].op_type == "Add"][:1]
+            return anchor, absorbed
         return None, []
+
+    def credit_kernelless(self, node_us: Mapping[str, float], fused: dict[str, str]) -> None:
+        """Elementwise nodes that ran no kernel of their own (e.g. a residual Add and Relu folded into
+        an NCHWc Conv as its Sum input) are marked fused into the kernel of their latest producer.
+        This is inferred from the topology, since ORT's kernel names do not say it."""
+        order = {name: i for i, name in enumerate(self.nodes)}
+        for name, node in self.nodes.items():
+            if name in node_us or name in fused or node.op_type not in _ELEMENTWISE:
+                continue
+            upstream = [self.producer[i] for i in node.input if i in self.producer]
+            if not upstream:
+                continue
+            latest = max(upstream, key=order.__getitem__)
+            anchor = fused.get(latest, latest if latest in node_us else None)
+            if anchor is not None:
+                fused[name] = anchor
 
     def _walk_back(self, name: str, op_name: str) -> tuple[str, list[str]]:
         """From the node producing a fused group's output, walk up single-consumer links to the node

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     def profile_command(
         model: str = typer.Argument(..., help="Model file (.onnx, .tflite, .pt2)."),
         data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on (.npz, .csv, image folder)."),
-        metric: Optional[str] = typer.Option(None, "--metric", help="Metric to report with --data (top1, top5, auc, mse, ...). Default: top1 when the data has labels."),
+        metric: Optional[str] = typer.Option(None, "--metric", help="Metric to evaluate on --data (top1, top5, auc, mse, ...). Without it, --data only supplies the latency input."),
         x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows of the data."),
@@ -24,8 +24,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(20, "--top", help="Rows in the per-node table."),
         sort: Optional[str] = typer.Option(None, "--sort", help="Order the node table by 'macs' or 'latency' (default: latency when measured)."),
     ):
-        """Profile a model: params, weight bytes by dtype, MACs, peak activation memory, op histogram,
-        per-node latency share (ONNX Runtime profiler) and, with --data, the metric with its 95% CI."""
+        """Profile a model: params, weight bytes, MACs, peak activation memory, op mix, latency share per node and (with --data) the metric with its 95% CI."""
         from ..errors import ConfigError
         from ..profiling import profile
 
@@ -46,8 +45,6 @@ def register(app: typer.Typer) -> None:
             from ..data import load_data
 
             dataset = load_data(data, x_key=x_key, y_key=y_key, limit=limit)
-            if metric is None and dataset.has_labels:
-                metric = "top1"
         result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs)
         if json_output:
             from ._common import emit_json
