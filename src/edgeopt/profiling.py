@@ -24,7 +24,7 @@ import os
 import statistics
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ConfigError, UnsupportedModelError
@@ -411,8 +411,9 @@ def _static_shapes(proto) -> _Shapes:
     # Stale symbolic shapes from an earlier inference would be merged back in; start clean.
     del graph.value_info[:]
     for value in graph.output:
-        if value.type.HasField("tensor_type"):
-            value.type.tensor_type.ClearField("shape")
+        tt = value.type.tensor_type
+        if value.type.HasField("tensor_type") and not all(d.HasField("dim_value") for d in tt.shape.dim):
+            tt.ClearField("shape")
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is a help: fall through to the symbolic pass
