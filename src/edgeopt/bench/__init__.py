@@ -155,7 +155,7 @@ class BenchReport:
         }
 
     def table(self, title: str | None = None):
-        """A rich Table of the results side by side, with ratios against the first model."""
+        """A rich Table with one column per model (side by side) and ratios against the first model."""
         from rich.table import Table
 
         s = self.settings
@@ -163,23 +163,29 @@ class BenchReport:
             f"{s.get('runtime', '')}, {s.get('threads', '?')} thread(s), batch {s.get('batch', '?')}, "
             f"best of {s.get('rounds', '?')} rounds x {s.get('iterations', '?')} runs"
         ))
-        for col in ("model", "precision", "p50 ms", "p90 ms", "p99 ms", "spread", "load ms", "peak RSS MiB",
-                    "RSS +MiB", "size KiB"):
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for r, q in zip(self.results, self.ratios()):
-            def rel(value: str, x: float, first: bool = r is self.results[0]) -> str:
-                return value if first else f"{value} (x{x:.2f})"
+        table.add_column("")
+        for r in self.results:
+            table.add_column(r.name, justify="right")
+        ratios = self.ratios()
 
-            table.add_row(
-                r.name, r.precision,
-                rel(f"{r.latency_ms['p50']:.3f}", q["latency"]),
-                f"{r.latency_ms['p90']:.3f}", f"{r.latency_ms['p99']:.3f}",
-                f"{r.spread:.2f}",
-                rel(f"{r.load_ms:.1f}", q["load"]),
-                rel(f"{r.peak_rss_bytes / 2**20:.1f}", q["memory"]),
-                f"{r.rss_increase_bytes / 2**20:.1f}",
-                rel(f"{r.size_bytes / 1024:.1f}", q["size"]),
-            )
+        def row(label: str, fmt: Callable[[BenchResult], str], ratio_key: str | None = None) -> None:
+            cells = []
+            for i, (r, q) in enumerate(zip(self.results, ratios)):
+                cell = fmt(r)
+                if ratio_key and i > 0:
+                    cell += f" (x{q[ratio_key]:.2f})"
+                cells.append(cell)
+            table.add_row(label, *cells)
+
+        row("precision", lambda r: r.precision)
+        row("p50 ms (best round)", lambda r: f"{r.latency_ms['p50']:.3f}", "latency")
+        row("p90 ms", lambda r: f"{r.latency_ms['p90']:.3f}")
+        row("p99 ms", lambda r: f"{r.latency_ms['p99']:.3f}")
+        row("spread of round medians", lambda r: f"x{r.spread:.2f}")
+        row("load ms", lambda r: f"{r.load_ms:.1f}", "load")
+        row("peak RSS MiB", lambda r: f"{r.peak_rss_bytes / 2**20:.1f}", "memory")
+        row("RSS increase MiB", lambda r: f"{r.rss_increase_bytes / 2**20:.1f}", "memory_increase")
+        row("size KiB", lambda r: f"{r.size_bytes / 1024:.1f}", "size")
         return table
 
 
@@ -352,6 +358,8 @@ def benchmark(
         runs: list[list[dict]] = [[] for _ in prepared]
         total = rounds * len(prepared)
         done = 0
+        if progress:
+            progress(f"round 1/{rounds}: {prepared[0].name}", 0.0)
         for round_index in range(rounds):
             for model_index, item in enumerate(prepared):
                 spec = {
@@ -363,7 +371,8 @@ def benchmark(
                 )
                 done += 1
                 if progress:
-                    progress(f"round {round_index + 1}/{rounds}: {item.name}", done / total)
+                    following = prepared[done % len(prepared)].name
+                    progress(f"round {done // len(prepared) + 1}/{rounds}: {following}" if done < total else "done", done / total)
     results = tuple(
         _summarize(item, item_runs, runtime=runtime, threads=threads, iterations=iterations)
         for item, item_runs in zip(prepared, runs)
