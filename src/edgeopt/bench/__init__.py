@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError, EdgeOptError, UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 
 __all__ = ["benchmark", "measure_inprocess", "runtimes", "BenchResult", "BenchReport"]
 
@@ -259,6 +259,14 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
+def _short_message(text: str, limit: int = 400) -> str:
+    """The informative part of a runtime's error: OpenVINO leads with C++ source locations
+    ("Exception from src/...cpp:84:", "Check 'false' failed at ...") that tell a user nothing."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))] or lines
+    return " ".join(useful)[:limit]
+
+
 def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: str, runtime: str) -> dict:
     spec_path = workdir / f"{tag}.spec.json"
     result_path = workdir / f"{tag}.result.json"
@@ -281,9 +289,10 @@ def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: s
     result = json.loads(result_path.read_text(encoding="utf-8"))
     error = result.get("error")
     if error:
-        first_line = error["message"].splitlines()[0][:400] if error["message"] else ""
+        first_line = _short_message(error["message"])
         doing = {"import": "is not usable (import failed) for", "load": "cannot load"}.get(error["stage"], "loaded but cannot run")
-        raise UnsupportedModelError(f"{runtime} {doing} model {model_name!r}: {error['type']}: {first_line}")
+        kind = "" if error["type"] == "UnsupportedModelError" else f"{error['type']}: "
+        raise UnsupportedModelError(f"{runtime} {doing} model {model_name!r}: {kind}{first_line}")
     return result
 
 
@@ -416,10 +425,8 @@ def measure_inprocess(
         start = time.perf_counter()
         try:
             run, _ = module.load(str(path), threads=threads, precision=precision, feeds=feeds)
-        except EdgeOptError:
-            raise
-        except Exception as e:
-            raise UnsupportedModelError(f"{runtime} cannot load model {handle.name!r}: {str(e).splitlines()[0][:300]}") from e
+        except Exception as e:  # ORT/OpenVINO raise their own untyped errors; name the model either way
+            raise UnsupportedModelError(f"{runtime} cannot load model {handle.name!r}: {_short_message(str(e))}") from e
         load_ms = (time.perf_counter() - start) * 1e3
     for _ in range(warmup):
         run(feeds)
