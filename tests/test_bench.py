@@ -113,6 +113,26 @@ def test_model_handle_and_explicit_inputs(dscnn, kws_data):
     assert result.batch == 4
 
 
+def test_size_counts_external_data(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        initializer=[weight],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "mm.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, location="mm.weights", size_threshold=0)
+    expected = path.stat().st_size + (tmp_path / "mm.weights").stat().st_size
+    assert expected > path.stat().st_size + 64 * 32 * 4 - 1
+    for runtime in ("onnxruntime", "openvino"):
+        assert benchmark(path, runtime=runtime, rounds=1, warmup=1, iterations=2).results[0].size_bytes == expected
+
+
 def test_batch_sets_the_random_input_batch(ad_path):
     assert benchmark(ad_path, batch=3, rounds=1, warmup=1, iterations=3).results[0].batch == 3
 

@@ -223,7 +223,7 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
         if not isinstance(model, ModelHandle) and Path(model).suffix.lower() == ".onnx":
             # Measure the user's own file (loading re-serializes it with inferred shapes, a different size).
             path = str(Path(model).resolve())
-            size = Path(path).stat().st_size
+            size = _bytes_on_disk(Path(path))
         else:
             path = str(workdir / f"model{index}.onnx")
             Path(path).write_bytes(handle.onnx_bytes)
@@ -247,6 +247,22 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
         actual_batch = int(first.shape[0]) if first is not None and first.ndim else batch
         prepared.append(_Prepared(name, path, size, input_paths, actual_batch))
     return prepared
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """Size of an ONNX file plus the external data files it references (what a deployment ships)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    size = path.stat().st_size
+    proto = onnx.load_model(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in _get_all_tensors(proto) if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data if entry.key == "location"
+    }
+    # load() has already refused locations outside the model's folder and missing files.
+    return size + sum((path.parent / location).stat().st_size for location in locations)
 
 
 def _worker_env(threads: int) -> dict[str, str]:
