@@ -12,9 +12,9 @@ same drift, and the best round's median is the least disturbed estimate of what 
 The spread (slowest / fastest round median) says how much to trust a comparison.
 
 One module per runtime (``ort.py``, ``ov.py``), found by file name; each defines ``NAME``,
-``PRECISIONS``, ``import_runtime() -> version`` (untimed) and
-``load(path, threads=, precision=, feeds=) -> (run, precision_used)`` (timed). Nothing heavy is imported at the top of this package: the worker imports
-it before measuring its memory baseline.
+``PACKAGE``, ``EXTRA``, ``PRECISIONS``, ``import_runtime() -> version`` (untimed) and
+``load(path, threads=, precision=, feeds=) -> (run, precision_used)`` (timed). Nothing heavy is
+imported at the top of this package: the worker imports it before taking its memory baseline.
 """
 
 from __future__ import annotations
