@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ModelLoadError, UnsupportedModelError
+from .errors import EdgeOptError, ModelLoadError, UnsupportedModelError
 
 OPSET = 17
 # TFLite TensorType -> numpy dtype (the types a constant or an activation can have)
@@ -203,6 +203,9 @@ class _Converter:
         self.values: dict[int, dict[str, str]] = {}
         self.batched: set[int] = set()  # tensors whose first axis is the (dynamic) batch
         self.op: _Op | None = None
+        # fully quantized model: int8 weights stay int8 behind DequantizeLinear, and every int8
+        # activation gets QuantizeLinear -> DequantizeLinear with its TFLite scale and zero point
+        self.qdq = any(t.data is None and t.type in (3, 9) and t.scale is not None for t in graph.tensors)
 
     # -- naming and emitting --------------------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -224,7 +227,8 @@ class _Converter:
         from onnx import numpy_helper
 
         name = self.unique(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.asarray(array)  # np.ascontiguousarray would turn a scalar into shape (1,)
+        self.initializers.append(numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(), name))
         return name
 
     def tensor(self, index: int) -> _Tensor:
@@ -237,7 +241,7 @@ class _Converter:
         """A constant as float32; int8/uint8 weights of hybrid models are dequantized here."""
         t = self.tensor(index)
         data = t.data
-        if t.type in _QUANTIZED_TYPES and t.scale is not None:
+        if t.scale is not None and data.dtype.kind in "iu":
             shape = [1] * data.ndim
             if t.scale.size > 1:
                 shape[t.quantized_dimension] = -1
@@ -280,6 +284,32 @@ class _Converter:
             layout = "nhwc"
         self.values[index] = {layout: name}
 
+    def weight(self, index: int, transform: Callable[[np.ndarray], np.ndarray] = lambda a: a, axis: int = 0) -> str:
+        """A constant weight or bias in ONNX layout (``transform``); ``axis`` is its per-channel axis after it.
+
+        In a fully quantized model the stored integers are kept (int8 weights, int32 biases) behind a
+        DequantizeLinear, the QDQ form ONNX Runtime fuses into integer kernels.
+        """
+        t = self.tensor(index)
+        if self.qdq and t.scale is not None and t.data.dtype in (np.int8, np.uint8, np.int32):
+            values = transform(t.data)
+            zero = np.broadcast_to(t.zero_point, t.scale.shape).astype(t.data.dtype)
+            inputs = [self.const(values, t.name), self.const(t.scale.astype(np.float32), f"{t.name}/scale"),
+                      self.const(zero, f"{t.name}/zero_point")]
+            if t.scale.size == 1:
+                inputs[1:] = [self.const(t.scale.reshape(()), f"{t.name}/scale"), self.const(zero.reshape(()), f"{t.name}/zero_point")]
+                return self.node("DequantizeLinear", inputs)
+            return self.node("DequantizeLinear", inputs, axis=axis)
+        return self.const(transform(self.float_const(index)), t.name)
+
+    def fake_quantize(self, name: str, tensor: _Tensor) -> str:
+        """QuantizeLinear -> DequantizeLinear with the tensor's per-tensor scale and zero point."""
+        dtype = np.int8 if tensor.type == 9 else np.uint8
+        scale = self.const(np.float32(tensor.scale[0]), f"{tensor.name}/scale")
+        zero = self.const(np.array(tensor.zero_point[0], dtype), f"{tensor.name}/zero_point")
+        quantized = self.node("QuantizeLinear", [name, scale, zero])
+        return self.node("DequantizeLinear", [quantized, scale, zero])
+
     def activation(self, name: str, fused: int) -> str:
         if fused == 0:
             return name
@@ -313,19 +343,34 @@ class _Converter:
         graph_inputs = []
         for i in self.g.inputs:
             t = self.tensor(i)
-            if t.type != 0:
-                raise UnsupportedModelError(f"graph input {t.name!r} has type {t.type_name}; only FLOAT32 inputs are supported")
+            quantized_input = t.type in (3, 9) and t.scale is not None
+            if t.type != 0 and not quantized_input:
+                raise UnsupportedModelError(f"graph input {t.name!r} has type {t.type_name}; only FLOAT32 and quantized INT8/UINT8 inputs are supported")
             dims: list[int | str] = list(t.shape)
             if dims and dims[0] == 1 and (t.signature is None or t.signature[0] in (-1, 1)):
                 dims[0] = "batch"
                 self.batched.add(i)
             name = self.unique(t.name)
             graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-            self.values[i] = {"nhwc": name}
+            # a quantized input is taken as float and quantized in the graph, as TFLite's own QUANTIZE would
+            self.values[i] = {"nhwc": self.fake_quantize(name, t) if quantized_input else name}
         for op in self.g.ops:
             self.op = op
             self.propagate_batch(op)  # before the handler: Reshape targets depend on it
-            HANDLERS[op.name](self, op)
+            try:
+                HANDLERS[op.name](self, op)
+            except EdgeOptError:
+                raise
+            except Exception as e:  # a shape or option combination the handler does not cover
+                out = self.tensor(op.outputs[0]).name if op.outputs else "?"
+                raise UnsupportedModelError(
+                    f"cannot convert TFLite {op.name} node #{op.index} (output {out!r}): {type(e).__name__}: {str(e)[:200]}"
+                ) from e
+            if self.qdq and op.name not in _LAYOUT_ONLY:
+                for o in op.outputs:
+                    t = self.tensor(o)
+                    if t.type in (3, 9) and t.scale is not None:
+                        self.values[o] = {layout: self.fake_quantize(v, t) for layout, v in self.values[o].items()}
         self.op = None
         graph_outputs = []
         for o in self.g.outputs:
@@ -348,6 +393,8 @@ class _Converter:
 # ------------------------------------------------------------------------------------------------
 
 HANDLERS: dict[str, Callable[[_Converter, _Op], None]] = {}
+# ops that only move data: TFLite keeps the input's quantization, so no requantization follows them
+_LAYOUT_ONLY = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 
 
 def _handles(*names: str):
@@ -376,21 +423,22 @@ def _require_const(c: _Converter, op: _Op, position: int, what: str) -> None:
 @_handles("CONV_2D", "DEPTHWISE_CONV_2D")
 def _conv(c: _Converter, op: _Op) -> None:
     _require_const(c, op, 1, "filter")
-    weights = c.float_const(op.inputs[1])
+    shape = c.tensor(op.inputs[1]).shape
     in_channels = c.tensor(op.inputs[0]).shape[3]
-    if op.name == "CONV_2D":  # [Cout, KH, KW, Cin/groups]
-        kernel = weights.transpose(0, 3, 1, 2)
-        groups = in_channels // weights.shape[3]
+    if op.name == "CONV_2D":  # [Cout, KH, KW, Cin/groups]; per-channel axis 0 stays 0
+        to_onnx = lambda w: w.transpose(0, 3, 1, 2)  # noqa: E731
+        groups = in_channels // shape[3]
     else:  # [1, KH, KW, Cin*multiplier]; output channel c*m+k reads input channel c, as in ONNX groups
-        kernel = weights[0].transpose(2, 0, 1)[:, None]
+        to_onnx = lambda w: w[0].transpose(2, 0, 1)[:, None]  # noqa: E731
         groups = in_channels
+    kernel_hw = (shape[1], shape[2])
     o = op.options
-    inputs = [c.value(op.inputs[0], "nchw"), c.const(kernel, c.tensor(op.inputs[1]).name)]
+    inputs = [c.value(op.inputs[0], "nchw"), c.weight(op.inputs[1], to_onnx, axis=0)]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        inputs.append(c.const(c.float_const(op.inputs[2]), c.tensor(op.inputs[2]).name))
-    out = c.node("Conv", inputs, kernel_shape=list(kernel.shape[2:]), strides=[o.get("StrideH", 1), o.get("StrideW", 1)],
+        inputs.append(c.weight(op.inputs[2]))
+    out = c.node("Conv", inputs, kernel_shape=list(kernel_hw), strides=[o.get("StrideH", 1), o.get("StrideW", 1)],
                  dilations=[o.get("DilationHFactor", 1), o.get("DilationWFactor", 1)],
-                 pads=_spatial_pads(c, op, kernel.shape[2], kernel.shape[3]), group=groups)
+                 pads=_spatial_pads(c, op, *kernel_hw), group=groups)
     c.set_output(op.outputs[0], c.activation(out, o.get("FusedActivationFunction", 0)), "nchw")
 
 
@@ -422,10 +470,10 @@ def _fully_connected(c: _Converter, op: _Op) -> None:
         x = c.value(source, "nhwc")
     if len(in_shape) != 2:
         x = c.node("Reshape", [x, c.const(np.array([-1, depth], np.int64), "fc_shape")])
-    weight = c.value(weight_index, "nhwc")
+    weight = c.weight(weight_index) if c.is_const(weight_index) else c.value(weight_index)
     inputs = [x, weight]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        inputs.append(c.value(op.inputs[2], "nhwc"))
+        inputs.append(c.weight(op.inputs[2]) if c.is_const(op.inputs[2]) else c.value(op.inputs[2]))
     out = c.node("Gemm", inputs, transB=1)
     out = c.activation(out, o.get("FusedActivationFunction", 0))
     out_shape = c.tensor(op.outputs[0]).shape
@@ -544,7 +592,8 @@ def _dequantize(c: _Converter, op: _Op) -> None:
     if c.is_const(source):  # float16 / int8 weights stored compressed: fold to float
         c.set_output(op.outputs[0], c.const(c.float_const(source), c.tensor(source).name))
         return
-    # a float -> float QUANTIZE/DEQUANTIZE is a no-op; int8 activations are refused before conversion
+    # activations are held as floats on the int8 grid: DEQUANTIZE is a no-op, and QUANTIZE's
+    # requantization to the output's scale is added by the converter after every op
     layout = c.layout_of(source)
     c.set_output(op.outputs[0], c.node("Identity", [c.value(source, layout)]), layout)
 
@@ -603,6 +652,10 @@ def _lstm(c: _Converter, op: _Op) -> None:
 # Entry point
 # ------------------------------------------------------------------------------------------------
 
+# ops whose int8 TFLite kernels are not a float op followed by requantization (int16 state, LUTs)
+_FLOAT_ONLY = {"UNIDIRECTIONAL_SEQUENCE_LSTM"}
+
+
 def _check_supported(path: Path, graph: _Graph) -> None:
     unsupported: dict[str, list[str]] = {}
     for op in graph.ops:
@@ -616,13 +669,22 @@ def _check_supported(path: Path, graph: _Graph) -> None:
             f"{str(path)!r} uses TFLite op(s) edgeopt cannot convert yet: {listing}. "
             f"Supported: {', '.join(sorted(HANDLERS))}; or convert the source model to ONNX directly (e.g. tf2onnx)"
         )
-    quantized = [t.name for t in graph.tensors if t.data is None and t.type in _QUANTIZED_TYPES]
-    if quantized:
+    quantized = [t for t in graph.tensors if t.data is None and t.type in _QUANTIZED_TYPES]
+    odd = [t for t in quantized if t.type == 7 or t.scale is None or t.scale.size != 1]
+    if odd:
         raise UnsupportedModelError(
-            f"{str(path)!r} is a fully quantized TFLite model (activation {quantized[0]!r} is "
-            f"{graph.tensors[[t.name for t in graph.tensors].index(quantized[0])].type_name}): fully int8 TFLite models "
-            "are not supported yet; give the float .tflite (edgeopt quantizes it itself)"
+            f"{str(path)!r} has activation {odd[0].name!r} of type {odd[0].type_name} "
+            f"{'without a per-tensor scale' if odd[0].type != 7 else ''}: only int8/uint8 per-tensor quantized "
+            "activations are supported; give the float .tflite (edgeopt quantizes it itself)"
         )
+    if quantized:
+        unsupported_int8 = sorted({op.name for op in graph.ops if op.name in _FLOAT_ONLY})
+        if unsupported_int8:
+            raise UnsupportedModelError(
+                f"{str(path)!r} is a fully quantized TFLite model using {', '.join(unsupported_int8)}, whose integer "
+                "kernels edgeopt cannot reproduce: such fully int8 TFLite models are not supported yet; "
+                "give the float .tflite (edgeopt quantizes it itself)"
+            )
     if graph.subgraph_count > 1:
         raise UnsupportedModelError(f"{str(path)!r} has {graph.subgraph_count} subgraphs (control flow); only single-subgraph models are supported")
 
