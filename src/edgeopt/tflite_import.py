@@ -670,13 +670,6 @@ def _check_supported(path: Path, graph: _Graph) -> None:
             f"Supported: {', '.join(sorted(HANDLERS))}; or convert the source model to ONNX directly (e.g. tf2onnx)"
         )
     quantized = [t for t in graph.tensors if t.data is None and t.type in _QUANTIZED_TYPES]
-    odd = [t for t in quantized if t.type == 7 or t.scale is None or t.scale.size != 1]
-    if odd:
-        raise UnsupportedModelError(
-            f"{str(path)!r} has activation {odd[0].name!r} of type {odd[0].type_name} "
-            f"{'without a per-tensor scale' if odd[0].type != 7 else ''}: only int8/uint8 per-tensor quantized "
-            "activations are supported; give the float .tflite (edgeopt quantizes it itself)"
-        )
     if quantized:
         unsupported_int8 = sorted({op.name for op in graph.ops if op.name in _FLOAT_ONLY})
         if unsupported_int8:
@@ -685,6 +678,13 @@ def _check_supported(path: Path, graph: _Graph) -> None:
                 "kernels edgeopt cannot reproduce: such fully int8 TFLite models are not supported yet; "
                 "give the float .tflite (edgeopt quantizes it itself)"
             )
+    odd = [t for t in quantized if t.type == 7 or t.scale is None or t.scale.size != 1]
+    if odd:
+        reason = "is INT16" if odd[0].type == 7 else "has no per-tensor scale"
+        raise UnsupportedModelError(
+            f"{str(path)!r} has activation {odd[0].name!r} that {reason}: only int8/uint8 activations with one "
+            "scale each are supported; give the float .tflite (edgeopt quantizes it itself)"
+        )
     if graph.subgraph_count > 1:
         raise UnsupportedModelError(f"{str(path)!r} has {graph.subgraph_count} subgraphs (control flow); only single-subgraph models are supported")
 
