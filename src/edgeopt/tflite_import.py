@@ -284,8 +284,9 @@ class _Converter:
             layout = "nhwc"
         self.values[index] = {layout: name}
 
-    def weight(self, index: int, transform: Callable[[np.ndarray], np.ndarray] = lambda a: a, axis: int = 0) -> str:
-        """A constant weight or bias in ONNX layout (``transform``); ``axis`` is its per-channel axis after it.
+    def weight(self, index: int, transform: Callable[[np.ndarray], np.ndarray] = lambda a: a,
+               axes: dict[int, int] | None = None) -> str:
+        """A constant weight or bias in ONNX layout (``transform``); ``axes`` maps TFLite axes to ONNX ones.
 
         In a fully quantized model the stored integers are kept (int8 weights, int32 biases) behind a
         DequantizeLinear, the QDQ form ONNX Runtime fuses into integer kernels.
@@ -299,6 +300,12 @@ class _Converter:
             if t.scale.size == 1:
                 inputs[1:] = [self.const(t.scale.reshape(()), f"{t.name}/scale"), self.const(zero.reshape(()), f"{t.name}/zero_point")]
                 return self.node("DequantizeLinear", inputs)
+            axis = (axes or {d: d for d in range(t.data.ndim)}).get(t.quantized_dimension)
+            if axis is None:
+                raise UnsupportedModelError(
+                    f"{self.op.name} node #{self.op.index}: tensor {t.name!r} is quantized per channel along axis "
+                    f"{t.quantized_dimension}, which this op's ONNX form has no axis for"
+                )
             return self.node("DequantizeLinear", inputs, axis=axis)
         return self.const(transform(self.float_const(index)), t.name)
 
@@ -425,15 +432,17 @@ def _conv(c: _Converter, op: _Op) -> None:
     _require_const(c, op, 1, "filter")
     shape = c.tensor(op.inputs[1]).shape
     in_channels = c.tensor(op.inputs[0]).shape[3]
-    if op.name == "CONV_2D":  # [Cout, KH, KW, Cin/groups]; per-channel axis 0 stays 0
+    if op.name == "CONV_2D":  # [Cout, KH, KW, Cin/groups] -> [Cout, Cin/groups, KH, KW]
         to_onnx = lambda w: w.transpose(0, 3, 1, 2)  # noqa: E731
+        axes = {0: 0, 1: 2, 2: 3, 3: 1}
         groups = in_channels // shape[3]
     else:  # [1, KH, KW, Cin*multiplier]; output channel c*m+k reads input channel c, as in ONNX groups
         to_onnx = lambda w: w[0].transpose(2, 0, 1)[:, None]  # noqa: E731
+        axes = {3: 0}
         groups = in_channels
     kernel_hw = (shape[1], shape[2])
     o = op.options
-    inputs = [c.value(op.inputs[0], "nchw"), c.weight(op.inputs[1], to_onnx, axis=0)]
+    inputs = [c.value(op.inputs[0], "nchw"), c.weight(op.inputs[1], to_onnx, axes)]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
         inputs.append(c.weight(op.inputs[2]))
     out = c.node("Conv", inputs, kernel_shape=list(kernel_hw), strides=[o.get("StrideH", 1), o.get("StrideW", 1)],
