@@ -10,6 +10,13 @@ Conv wants and what ONNX Runtime and its int8 quantizer run fastest: one Transpo
 input, and layout changes only where TFLite semantics depend on NHWC order (a RESHAPE that
 flattens spatial data, SOFTMAX over channels of a 4-D tensor, ...).
 
+Float models, and hybrid ones (weights stored as int8, computed in float), become float graphs:
+the int8 weights are dequantized with their scales and zero points. Fully int8 (or uint8) models
+become QDQ graphs with float inputs and outputs: int8 weights and int32 biases behind
+DequantizeLinear (per channel where TFLite is), and QuantizeLinear -> DequantizeLinear on every
+activation with its TFLite scale and zero point, so ONNX Runtime runs integer kernels and the
+outputs match LiteRT's int8 interpreter (bit-exact on the MLPerf Tiny KWS, VWW and AD models).
+
 >>> from edgeopt.tflite_import import tflite_to_onnx                      # doctest: +SKIP
 >>> proto = tflite_to_onnx(Path("kws_ref_model_float32.tflite"))          # doctest: +SKIP
 """
@@ -293,12 +300,13 @@ class _Converter:
         """
         t = self.tensor(index)
         if self.qdq and t.scale is not None and t.data.dtype in (np.int8, np.uint8, np.int32):
-            values = transform(t.data)
             zero = np.broadcast_to(t.zero_point, t.scale.shape).astype(t.data.dtype)
-            inputs = [self.const(values, t.name), self.const(t.scale.astype(np.float32), f"{t.name}/scale"),
+            scale = t.scale.astype(np.float32)
+            if scale.size == 1:  # per-tensor: scalar scale and zero point, no axis
+                scale, zero = scale.reshape(()), zero.reshape(())
+            inputs = [self.const(transform(t.data), t.name), self.const(scale, f"{t.name}/scale"),
                       self.const(zero, f"{t.name}/zero_point")]
-            if t.scale.size == 1:
-                inputs[1:] = [self.const(t.scale.reshape(()), f"{t.name}/scale"), self.const(zero.reshape(()), f"{t.name}/zero_point")]
+            if scale.ndim == 0:
                 return self.node("DequantizeLinear", inputs)
             axis = (axes or {d: d for d in range(t.data.ndim)}).get(t.quantized_dimension)
             if axis is None:
