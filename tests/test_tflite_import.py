@@ -180,6 +180,37 @@ def test_lstm_mnist_accuracy(mnist_path):
     assert abs(accuracy - 0.9926) < 0.003
 
 
+def test_float16_weights_behind_dequantize(tmp_path):
+    """A float16-compressed model (weights stored fp16, DEQUANTIZE ops before use) folds to float."""
+    def first_weight_as_float16(model, schema):
+        graph = model.subgraphs[0]
+        weight = graph.tensors[graph.operators[0].inputs[1]]
+        values = np.frombuffer(bytes(bytearray(model.buffers[weight.buffer].data)), np.float32)
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(values.astype(np.float16).tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        half = schema.TensorT()
+        half.shape, half.type, half.name = list(weight.shape), schema.TensorType.FLOAT16, b"weight_fp16"
+        half.buffer = len(model.buffers) - 1
+        graph.tensors.append(half)
+        weight.buffer = 0  # buffer 0 is TFLite's empty buffer: the weight is now computed
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        code.version = 2  # DEQUANTIZE from float16
+        model.operatorCodes.append(code)
+        dequantize = schema.OperatorT()
+        dequantize.opcodeIndex = len(model.operatorCodes) - 1
+        dequantize.inputs, dequantize.outputs = [len(graph.tensors) - 1], [graph.operators[0].inputs[1]]
+        graph.operators.insert(0, dequantize)
+
+    path = tmp_path / "ad01_fp16.tflite"
+    path.write_bytes(edit_tflite(shared(FLOAT_MODELS["ad"]), first_weight_as_float16))
+    x = np.random.default_rng(1).standard_normal((8, 640)).astype(np.float32)
+    model = edgeopt.load(path)
+    assert "DequantizeLinear" not in {n.op_type for n in model.proto().graph.node}
+    assert np.max(np.abs(model.run(x)[0] - litert_run(path, x))) < 1e-4
+
+
 # -- fully int8 models: QDQ graphs -----------------------------------------------------------------
 
 def int8_comparison(task: str, x: np.ndarray):
