@@ -211,6 +211,96 @@ def test_float16_weights_behind_dequantize(tmp_path):
     assert np.max(np.abs(model.run(x)[0] - litert_run(path, x))) < 1e-4
 
 
+class TinyTFLite:
+    """Writes a small float TFLite model op by op with LiteRT's flatbuffer object API (no TensorFlow here)."""
+
+    def __init__(self):
+        from ai_edge_litert import schema_py_generated as schema
+
+        self.schema = schema
+        self.model = schema.ModelT()
+        self.model.version, self.model.operatorCodes, self.model.buffers = 3, [], [schema.BufferT()]
+        self.graph = schema.SubGraphT()
+        self.graph.tensors, self.graph.operators = [], []
+        self.model.subgraphs = [self.graph]
+        self.rng = np.random.default_rng(7)
+
+    def tensor(self, shape, data=None, dtype=np.float32) -> int:
+        t = self.schema.TensorT()
+        t.shape, t.name, t.buffer = list(shape), f"t{len(self.graph.tensors)}".encode(), 0
+        t.type = {np.float32: self.schema.TensorType.FLOAT32, np.int32: self.schema.TensorType.INT32}[dtype]
+        if data is not None:
+            buffer = self.schema.BufferT()
+            buffer.data = np.frombuffer(np.asarray(data, dtype).tobytes(), np.uint8)
+            self.model.buffers.append(buffer)
+            t.buffer = len(self.model.buffers) - 1
+        else:
+            t.shapeSignature = [-1, *shape[1:]]
+        self.graph.tensors.append(t)
+        return len(self.graph.tensors) - 1
+
+    def weights(self, *shape) -> int:
+        return self.tensor(shape, self.rng.standard_normal(shape).astype(np.float32) * 0.5)
+
+    def op(self, name: str, inputs, out_shape, options: str | None = None, **fields) -> int:
+        code = self.schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = getattr(self.schema.BuiltinOperator, name)
+        code.version = 1
+        self.model.operatorCodes.append(code)
+        op = self.schema.OperatorT()
+        op.opcodeIndex, op.inputs = len(self.model.operatorCodes) - 1, list(inputs)
+        op.outputs = [self.tensor(out_shape)]
+        if options:
+            op.builtinOptionsType = getattr(self.schema.BuiltinOptions, options)
+            op.builtinOptions = getattr(self.schema, options + "T")()
+            for key, value in fields.items():
+                setattr(op.builtinOptions, key, value)
+        self.graph.operators.append(op)
+        return op.outputs[0]
+
+    def build(self, inputs, outputs) -> bytes:
+        import flatbuffers
+
+        self.graph.inputs, self.graph.outputs = list(inputs), list(outputs)
+        builder = flatbuffers.Builder(0)
+        builder.Finish(self.model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
+def test_every_supported_layer_kind_matches_litert(tmp_path):
+    """Dilation, SAME pads that TFLite puts after, PAD, depth multiplier, broadcast MUL, LOGISTIC/TANH,
+    channel CONCATENATION, MEAN, RESHAPE of a spatial map (NHWC flatten order), softmax beta."""
+    SAME, VALID, RELU6 = 0, 1, 3
+    m = TinyTFLite()
+    x = m.tensor([1, 12, 12, 3])
+    t = m.op("CONV_2D", [x, m.weights(8, 3, 3, 3), m.weights(8)], [1, 12, 12, 8], "Conv2DOptions",
+             padding=SAME, strideW=1, strideH=1, dilationWFactor=2, dilationHFactor=2, fusedActivationFunction=RELU6)
+    t = m.op("MAX_POOL_2D", [t], [1, 6, 6, 8], "Pool2DOptions", padding=SAME, strideW=2, strideH=2, filterWidth=3, filterHeight=3)
+    t = m.op("PAD", [t, m.tensor([4, 2], [[0, 0], [1, 0], [0, 1], [0, 0]], np.int32)], [1, 7, 7, 8], "PadOptions")
+    t = m.op("DEPTHWISE_CONV_2D", [t, m.weights(1, 3, 3, 16), m.weights(16)], [1, 3, 3, 16], "DepthwiseConv2DOptions",
+             padding=VALID, strideW=2, strideH=2, depthMultiplier=2, dilationWFactor=1, dilationHFactor=1)
+    t = m.op("MUL", [t, m.weights(16)], [1, 3, 3, 16], "MulOptions")
+    t = m.op("CONCATENATION", [m.op("LOGISTIC", [t], [1, 3, 3, 16]), m.op("TANH", [t], [1, 3, 3, 16])], [1, 3, 3, 32],
+             "ConcatenationOptions", axis=3)
+    t = m.op("AVERAGE_POOL_2D", [t], [1, 2, 2, 32], "Pool2DOptions", padding=SAME, strideW=2, strideH=2, filterWidth=2, filterHeight=2)
+    pooled = m.op("MEAN", [t, m.tensor([2], [1, 2], np.int32)], [1, 32], "ReducerOptions", keepDims=False)
+    flat = m.op("RESHAPE", [t, m.tensor([2], [-1, 128], np.int32)], [1, 128])
+    logits = m.op("ADD", [m.op("FULLY_CONNECTED", [pooled, m.weights(10, 32), m.weights(10)], [1, 10], "FullyConnectedOptions"),
+                          m.op("FULLY_CONNECTED", [flat, m.weights(10, 128), -1], [1, 10], "FullyConnectedOptions")],
+                  [1, 10], "AddOptions")
+    out = m.op("SOFTMAX", [logits], [1, 10], "SoftmaxOptions", beta=0.5)
+    path = tmp_path / "every_layer.tflite"
+    path.write_bytes(m.build([x], [out]))
+
+    inputs = np.random.default_rng(3).standard_normal((8, 12, 12, 3)).astype(np.float32)
+    model = edgeopt.load(path)
+    assert model.inputs[0].shape == ("batch", 12, 12, 3)
+    got = model.run(inputs)[0]
+    expected = litert_run(path, inputs)
+    assert np.max(np.abs(got - expected)) < 1e-5  # measured 6e-8
+    assert np.max(np.abs(expected - expected.mean(0))) > 0.01  # the inputs really lead to different outputs
+
+
 # -- fully int8 models: QDQ graphs -----------------------------------------------------------------
 
 def int8_comparison(task: str, x: np.ndarray):
