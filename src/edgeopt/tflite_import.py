@@ -276,7 +276,7 @@ class _Converter:
             return have[layout]
         if len(self.tensor(index).shape) != 4:
             return next(iter(have.values()))
-        src_layout, src = next(iter(have.items()))
+        src = next(iter(have.values()))
         perm = _TO_NCHW if layout == "nchw" else _TO_NHWC
         have[layout] = self.node("Transpose", [src], perm=list(perm))
         return have[layout]
