@@ -453,7 +453,11 @@ def load_exported_program(path: str | os.PathLike, *, name: str | None = None) -
 
 
 def load_tflite(path: str | os.PathLike, *, name: str | None = None) -> ModelHandle:
-    """Convert a float TFLite flatbuffer to ONNX, keeping the user's input layout (NHWC stays NHWC)."""
+    """Convert a TFLite flatbuffer to ONNX, keeping the user's input layout (NHWC stays NHWC).
+
+    Float and hybrid (int8-weight) models become float graphs; fully int8 models become QDQ graphs
+    with float inputs and outputs. See :mod:`edgeopt.tflite_import`.
+    """
     from .tflite_import import tflite_to_onnx
 
     path = Path(path)
