@@ -56,6 +56,7 @@ class SearchOptions:
     promising: int = 3                 # best cheap recipes re-queued with training passes
     screen_rows: int | None = None     # tune rows for the cheap accuracy screen (None: a quarter, >= 100)
     latency_rounds: int = 5
+    latency: str = "inprocess"         # "bench": edgeopt.bench.benchmark in fresh processes (slower)
 
 
 @dataclass(frozen=True)
@@ -456,7 +457,7 @@ def run_search(
     if evaluate_trial is None:
         evaluator = CandidateEvaluator(model, data_splits=data_splits or {}, target=target, metric=metric,
                                        max_drop=max_drop, seed=seed, screen_rows=options.screen_rows,
-                                       latency_rounds=options.latency_rounds)
+                                       latency_rounds=options.latency_rounds, latency=options.latency)
         try:
             baseline = evaluator.baseline_metrics()
         except ScreenedOut as e:   # the unmodified model may itself be over budget: that is a finding
