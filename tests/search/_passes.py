@@ -128,3 +128,16 @@ class StaticInt8(Pass):
 
 
 TEST_PASSES = (ThresholdPrune, DynamicInt8, StaticInt8)
+
+
+class TrainCalibratedInt8(StaticInt8):
+    """Static int8 calibrated on the *train* split: declares ``requires={"train"}``, which makes the
+    search treat it as an expensive pass (held back until cheap recipes have been screened)."""
+
+    name = "quantize.train_calibrated_int8"
+    requires = frozenset({"train"})
+
+    def run(self, model, ctx):
+        from dataclasses import replace as _replace
+
+        return super().run(model, _replace(ctx, calib=ctx.train))

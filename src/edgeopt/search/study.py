@@ -500,7 +500,11 @@ def run_search(
         expensive_now = space.has_expensive and finished >= threshold_expensive
         if expensive_now and not seeded_phase2["done"]:
             seeded_phase2["done"] = True
-            _enqueue_promising(study, directions, options.promising)
+            # once per study (a late-joining worker sees the mark); a rare double enqueue by two
+            # workers at once only yields a duplicate, which is pruned unevaluated
+            if not study.user_attrs.get("promising_enqueued"):
+                study.set_user_attr("promising_enqueued", True)
+                _enqueue_promising(study, directions, options.promising)
         fixed_train = any(k.startswith("train__") for k in trial.params)
         try:
             recipe = space.suggest(trial, allow_expensive=expensive_now or fixed_train, seed=seed)
@@ -589,7 +593,8 @@ def _enqueue_promising(study, directions, count: int) -> None:
     records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
     for r in pareto_front(records, directions)[:count]:
         if not any(k.startswith("train__") for k in r.params):
-            study.enqueue_trial(dict(r.params), skip_if_exists=True)
+            # skip_if_exists would skip it: the cheap trial with these parameters exists by design
+            study.enqueue_trial(dict(r.params), user_attrs={"requeued_from": r.number})
 
 
 def _budget_message(result: SearchResult, time_budget) -> str:

@@ -1,0 +1,59 @@
+"""`edgeopt search` end to end (in process, so the test passes can be registered): JSON output,
+and exit code 2 with the budget named and the report written when nothing fits the target."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeopt.cli.main import run
+from edgeopt.cli.cmd_search import parse_duration
+from edgeopt.errors import ConfigError
+from edgeopt.passes import base
+from tests.search._passes import TEST_PASSES
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    base.available_passes()   # discover the project's own passes first
+    for cls in TEST_PASSES:
+        monkeypatch.setitem(base._REGISTRY, cls.name, cls)
+
+
+def _args(dscnn_path, kws_data_path, out, target):
+    return ["search", str(dscnn_path), "--data", str(kws_data_path), "--split", "tune=0:300,calib=300:500",
+            "--target", target, "--techniques", "quantize.dynamic_int8,prune.threshold", "--max-drop", "5%",
+            "--trials", "4", "--sampler", "random", "--out", str(out)]
+
+
+def test_search_command_json(registered, dscnn_path, kws_data_path, tmp_path, capsys):
+    code = run(_args(dscnn_path, kws_data_path, tmp_path / "out", "cortex-m7") + ["--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)
+    assert data["target"]["name"] == "cortex-m7" and data["objectives"] == ["latency", "size"]
+    assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in data["trials"]) == 4
+    assert data["best"] in data["pareto"]
+    assert (tmp_path / "out" / "study.db").is_file() and (tmp_path / "out" / "search_report.html").is_file()
+    # the same study continues with --resume (and refuses to be overwritten without it)
+    assert run(_args(dscnn_path, kws_data_path, tmp_path / "out", "cortex-m7")) == 1
+    assert "resume" in capsys.readouterr().err
+
+
+def test_search_command_budget_nobody_meets_exits_2(registered, dscnn_path, kws_data_path, tmp_path, capsys):
+    board = tmp_path / "watch.yaml"
+    board.write_text("runtime: c\ndtypes: [int8, fp32]\nram_bytes: 8 KiB\nstorage_bytes: 512 KiB\n"
+                     "cost: {macs_per_second: {int8: 1.0e8, fp32: 2.0e7}, memory_bandwidth_bytes_per_s: 1.0e8}\n")
+    code = run(_args(dscnn_path, kws_data_path, tmp_path / "out", str(board)))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "BudgetError" in err and "RAM budget of watch (8.0 KiB)" in err and "the closest, trial" in err
+    assert (tmp_path / "out" / "search_report.html").is_file()
+
+
+def test_parse_duration():
+    assert parse_duration("20m") == 1200 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    for bad in ("soon", "5x", "-3", "0"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)

@@ -1,0 +1,26 @@
+"""Cheap screening before expensive passes: training passes are offered only after the first
+share of trials, and first on top of the best cheap recipes (re-queued with their parameters)."""
+
+from __future__ import annotations
+
+from edgeopt.search import SearchOptions, SearchSpace, run_search
+from tests.search._passes import DynamicInt8, ThresholdPrune, TrainCalibratedInt8
+
+
+def test_training_passes_only_after_cheap_screening(dscnn, kws_data):
+    splits = kws_data.splits(tune="0:300", calib="300:400", eval="400:500")
+    splits["train"] = kws_data.take(500, 700)
+    space = SearchSpace((DynamicInt8, ThresholdPrune, TrainCalibratedInt8))
+    options = SearchOptions(sampler="random", screen_fraction=0.5, promising=2)
+    result = run_search(dscnn, data_splits=splits, target="host", space=space, max_drop=0.05, trials=8,
+                        progress=False, options=options, seed=4)
+    trials = sorted(result.trials, key=lambda t: t.number)
+    first = trials[:4]
+    assert all(not any(k.startswith("train__") for k in t.params) for t in first)
+    later = [t for t in trials if any(k.startswith("train__") for k in t.params)]
+    assert later, "no trial was offered the training pass after screening"
+    # the best cheap recipes were re-queued: their exact cheap parameters reappear with a train__ choice
+    cheap_front = [t for t in result.pareto if not any(k.startswith("train__") for k in t.params) and t.number < 4]
+    cheap_keys = [{k: v for k, v in t.params.items()} for t in cheap_front]
+    requeued = [{k: v for k, v in t.params.items() if not k.startswith(("train__", "quantize_train"))} for t in later]
+    assert any(c in requeued for c in cheap_keys)
