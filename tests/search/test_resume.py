@@ -74,4 +74,4 @@ def test_kill_9_mid_trial_then_resume_keeps_finished_trials(tmp_path):
     assert retries[0].params == interrupted.params and retries[0].state.is_finished()
     # no other trial failed, and the study holds exactly N finished trials
     assert [t.number for t in after.values() if t.state.name == "FAIL"] == [killed_during]
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) == N
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") and "duplicate_of" not in t.user_attrs for t in after.values()) == N

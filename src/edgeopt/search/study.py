@@ -74,6 +74,7 @@ class TrialRecord:
     retry_of: int | None = None
     duration_s: float | None = None
     worker: str | None = None                   # host:pid of the process that ran it
+    duplicate_of: int | None = None             # re-proposed recipe: pruned unevaluated, not budgeted
 
     @property
     def feasible(self) -> bool:
@@ -101,6 +102,7 @@ class TrialRecord:
             "constraints": dict(zip(CONSTRAINT_NAMES, self.constraints)) if self.constraints else None,
             "feasible": self.feasible, "values": list(self.values) if self.values else None,
             "reason": self.reason, "retry_of": self.retry_of, "duration_s": self.duration_s, "worker": self.worker,
+            "duplicate_of": self.duplicate_of,
         }
 
     @classmethod
@@ -114,6 +116,7 @@ class TrialRecord:
             constraints=tuple(trial.constraints[n] for n in CONSTRAINT_NAMES) if all(n in trial.constraints for n in CONSTRAINT_NAMES) else None,
             values=tuple(trial.values) if trial.values else None, reason=attrs.get("reason"),
             retry_of=trial.system_attrs.get("failed_trial"), duration_s=duration, worker=attrs.get("worker"),
+            duplicate_of=attrs.get("duplicate_of"),
         )
 
 
@@ -377,11 +380,27 @@ def load_result(storage: Any, study_name: str = "edgeopt") -> SearchResult:
 def _counts(study) -> dict[str, int]:
     from optuna.trial import TrialState
 
-    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")}
+    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL", "duplicates")}
     for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        if _is_duplicate(t):
+            counts["duplicates"] += 1
+        else:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
     counts["finished"] = counts["COMPLETE"] + counts["PRUNED"]
     return counts
+
+
+def _is_duplicate(trial) -> bool:
+    """A re-proposed recipe, pruned unevaluated: it does not use up the trial budget."""
+    return "duplicate_of" in trial.user_attrs
+
+
+def _budgeted(study) -> list:
+    """Trials that count toward the budget: finished (not duplicates), running or queued."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not _is_duplicate(t)]
 
 
 def _check_args(objectives, max_drop, trials, time_budget) -> tuple[str, ...]:
@@ -491,12 +510,13 @@ def run_search(
     seeded_phase2 = {"done": False}
 
     def objective(trial):
-        live = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                               TrialState.RUNNING, TrialState.WAITING))]
-        if sorted(live).index(trial.number) >= trials:
+        # Exactly `trials` budgeted trials across all workers: a claim ranked past the budget
+        # (another worker took the last slot between our check and our claim) is given back.
+        live = sorted(t.number for t in _budgeted(study))
+        if live.index(trial.number) >= trials:
             raise _SurplusTrial()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        finished = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        finished = _counts(study)["finished"]
         expensive_now = space.has_expensive and finished >= threshold_expensive
         if expensive_now and not seeded_phase2["done"]:
             seeded_phase2["done"] = True
@@ -520,6 +540,7 @@ def run_search(
             earlier = other.state == TrialState.COMPLETE or other.number < trial.number
             if other.number != trial.number and earlier and other.user_attrs.get("recipe_key") == key:
                 trial.set_user_attr("reason", f"duplicate of trial {other.number}: not evaluated again")
+                trial.set_user_attr("duplicate_of", other.number)
                 raise optuna.TrialPruned("duplicate")
         try:
             metrics = evaluate_trial(recipe)
@@ -549,6 +570,8 @@ def run_search(
             bar.update(counts["finished"], study, directions)
             if counts["finished"] >= trials:
                 break
+            if counts["duplicates"] > 3 * trials:
+                break   # the sampler keeps re-proposing evaluated recipes: the space is exhausted
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
