@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         study: str = typer.Option(None, "--study", help="Study store URL (default sqlite:///OUT/study.db); any optuna database URL."),
         study_name: str = typer.Option("edgeopt", "--study-name", help="Name of the study inside the store."),
         resume: bool = typer.Option(False, "--resume", help="Continue an existing study (also: join it as another worker)."),
-        split: str = typer.Option(None, "--split", help="Row ranges, e.g. 'calib=0:500,tune=500:1000,eval=1000:'."),
+        split: str = typer.Option(None, "--split", help="Row ranges, e.g. 'calib=0:500,tune=500:1000,eval=1000:' (default: thirds)."),
         metric: str = typer.Option("top1", "--metric", help="Task metric (top1, auc, mse, agreement, ...)."),
         sampler: str = typer.Option("tpe", "--sampler", help="tpe, nsga2 or random."),
         seed: int = typer.Option(0, "--seed"),

@@ -487,7 +487,7 @@ def run_search(
         storage = f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
     store = make_storage(storage, options)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    existing = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(store)} if storage else {}
+    existing = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(store, include_best_trial=False)} if storage else {}
     if options.study_name in existing and existing[options.study_name] and not resume:
         raise ConfigError(f"study {options.study_name!r} in {_redact(storage)!r} already holds {existing[options.study_name]} "
                           "trials; pass resume=True (--resume) to continue it or choose another --study / study name")
@@ -514,6 +514,7 @@ def run_search(
         # (another worker took the last slot between our check and our claim) is given back.
         live = sorted(t.number for t in _budgeted(study))
         if live.index(trial.number) >= trials:
+            trial.set_user_attr("reason", f"surplus claim: the study already holds its {trials} trials")
             raise _SurplusTrial()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         finished = _counts(study)["finished"]
