@@ -503,6 +503,8 @@ def run_search(
     elif stored["objectives"] != list(objectives) or stored["target"]["name"] != target.name:
         raise ConfigError(f"study {options.study_name!r} was searching {stored['objectives']} on {stored['target']['name']!r}; "
                           f"cannot resume it with {list(objectives)} on {target.name!r}")
+    elif stored.get("trials") != trials:
+        study.set_user_attr(META_KEY, {**stored, "trials": trials})   # a resumed search may extend the budget
     if resume:
         _requeue_interrupted(study)
 
@@ -536,10 +538,12 @@ def run_search(
         key = json.dumps(recipe_dict["steps"], sort_keys=True)
         trial.set_user_attr("recipe", recipe_dict)
         trial.set_user_attr("recipe_key", key)
-        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            # a RUNNING twin in another worker: the earlier trial evaluates, the later one yields
-            earlier = other.state == TrialState.COMPLETE or other.number < trial.number
-            if other.number != trial.number and earlier and other.user_attrs.get("recipe_key") == key:
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            # finished (evaluated, screened out or unbuildable) or running in another worker as an
+            # earlier trial: either way this recipe's outcome is, or will be, on record
+            earlier = other.state != TrialState.RUNNING or other.number < trial.number
+            if (other.number != trial.number and earlier and not _is_duplicate(other)
+                    and other.user_attrs.get("recipe_key") == key):
                 trial.set_user_attr("reason", f"duplicate of trial {other.number}: not evaluated again")
                 trial.set_user_attr("duplicate_of", other.number)
                 raise optuna.TrialPruned("duplicate")
