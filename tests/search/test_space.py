@@ -39,6 +39,7 @@ def test_order_torch_first_then_structure_then_precision():
                                      "lowrank_trained__keep": 0.4})
     recipe = space.suggest(trial, allow_expensive=True)
     assert [p.name for p in recipe.passes] == ["lowrank.trained", "prune.threshold", "quantize.dynamic_int8"]
+    assert recipe.passes[0].stage == "torch"
     # trial parameter names are the recipe's step__param names
     assert recipe.get_params() == {"lowrank_trained__keep": 0.4, "prune_threshold__sparsity": 0.3,
                                    "quantize_dynamic_int8__ops": "all", "quantize_dynamic_int8__weight_type": "quint8"}
@@ -96,3 +97,20 @@ def test_recipe_yaml_round_trip_of_a_suggestion():
     d = recipe.to_dict()
     assert d["seed"] == 7 and d["steps"][0] == {"name": "prune_threshold", "pass": "prune.threshold", "params": {"sparsity": 0.5}}
     assert isinstance(recipe, Recipe)
+
+
+class TorchQuantize(Pass):
+    name = "quantize.torch_stage"
+    stage = "torch"
+
+    def run(self, model, ctx):  # pragma: no cover - ordering only
+        raise NotImplementedError
+
+
+def test_expensive_pick_replaces_the_cheap_pick_of_its_family():
+    space = SearchSpace((DynamicInt8, TorchQuantize))
+    assert [c.name for c in space.families()["quantize"]["train"]] == ["quantize.torch_stage"]
+    recipe = space.suggest(optuna.trial.FixedTrial({"use__quantize": "quantize.dynamic_int8", "quantize_dynamic_int8__ops": "all",
+                                                    "quantize_dynamic_int8__weight_type": "quint8",
+                                                    "train__quantize": "quantize.torch_stage"}))
+    assert [p.name for p in recipe.passes] == ["quantize.torch_stage"]

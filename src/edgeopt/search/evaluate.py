@@ -132,8 +132,10 @@ class CandidateEvaluator:
     def context(self):
         from ..passes.base import PassContext
 
-        return PassContext(calib=self.splits.get("calib"), tune=self.tune, train=self.splits.get("train"),
-                           metric=self.metric, target=self.target, seed=self.seed)
+        # The tune split judges candidates, so passes never see it: fine-tuning passes train on
+        # `train` (or fall back to the calibration rows), and distil from the original model.
+        return PassContext(calib=self.splits.get("calib"), tune=None, train=self.splits.get("train"),
+                           metric=self.metric, target=self.target, seed=self.seed, teacher=self.model)
 
     def measure_latency_ms(self, model) -> float:
         """Best over rounds of the per-round median latency, batch 1, the target's thread count.

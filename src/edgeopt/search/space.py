@@ -7,9 +7,10 @@ pass's parameters are trial parameters named ``step__param``, exactly as
 :meth:`edgeopt.recipe.Recipe.set_params` names them, so a trial's parameters can be replayed on a
 recipe unchanged.
 
-Passes that need training data (``"train"`` in ``requires``) are expensive; they get their own
+Torch-stage passes (and any pass needing ``train`` data) are expensive; they get their own
 ``train__<family>`` choice, which the search only offers once cheap recipes have been screened
-(fine-tuning only for promising recipes).
+(fine-tuning only for promising recipes). When a family's expensive pass is chosen it replaces
+the family's cheap pick, so a recipe still holds one pass per family.
 
 Order: torch-stage passes (which train the PyTorch twin) before onnx-stage passes, then by the
 family order below (structure-changing before precision-changing: pruned or factorized weights
@@ -40,7 +41,8 @@ def family_of(pass_name: str) -> str:
 
 
 def is_expensive(cls: type[Pass]) -> bool:
-    return "train" in cls.requires
+    """Torch-stage passes fine-tune in PyTorch (or at least convert to it): minutes, not seconds."""
+    return cls.stage == "torch" or "train" in cls.requires
 
 
 def order_key(cls: type[Pass]) -> tuple:
@@ -104,14 +106,14 @@ class SearchSpace:
 
         chosen: list[type[Pass]] = []
         for fam, slots in self.families().items():
+            pick = NONE
             if slots["cheap"]:
                 pick = trial.suggest_categorical(f"use__{fam}", [NONE] + [c.name for c in slots["cheap"]])
-                if pick != NONE:
-                    chosen.append(next(c for c in slots["cheap"] if c.name == pick))
             if slots["train"] and allow_expensive:
-                pick = trial.suggest_categorical(f"train__{fam}", [NONE] + [c.name for c in slots["train"]])
-                if pick != NONE:
-                    chosen.append(next(c for c in slots["train"] if c.name == pick))
+                trained = trial.suggest_categorical(f"train__{fam}", [NONE] + [c.name for c in slots["train"]])
+                pick = trained if trained != NONE else pick
+            if pick != NONE:
+                chosen.append(next(c for c in slots["cheap"] + slots["train"] if c.name == pick))
         chosen.sort(key=order_key)
         instances = []
         for cls in chosen:
