@@ -62,6 +62,7 @@ def static_figures(model) -> StaticFigures:
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:  # shape inference is best effort: unknown shapes are counted, not fatal
         pass
+    _fill_shapes_by_running(model, proto)
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     weight_bytes = int(sum(int(np.prod(i.dims, dtype=np.int64)) * _ELEM_BYTES.get(i.data_type, 4) for i in graph.initializer))
@@ -166,6 +167,38 @@ def static_figures(model) -> StaticFigures:
         activation_total_bytes=int(total), macs_by_dtype=macs,
         op_types=tuple(sorted({n.op_type for n in graph.node})), unknown_shapes=unknown,
     )
+
+
+def _fill_shapes_by_running(model, proto) -> None:
+    """Where ONNX shape inference leaves tensors without a shape or type (it gives up on some
+    rewritten graphs), learn them by running the model once at batch 1 with those tensors exposed
+    as outputs, and record them in ``proto.graph.value_info``."""
+    import onnx
+    from onnx import helper
+
+    graph = proto.graph
+    known = {v.name for v in list(graph.value_info) + list(graph.output) + list(graph.input)
+             if v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type}
+    missing = [o for n in graph.node for o in n.output if o and o not in known]
+    if not missing:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    del probe.graph.value_info[:]
+    probe.graph.output.extend(helper.ValueInfoProto(name=name) for name in missing)
+    try:
+        from ..model import make_session
+
+        session = make_session(probe.SerializeToString(), optimize=False)
+        values = session.run(missing, model.example_inputs(batch=1))
+    except Exception:  # best effort: the figures then count these tensors as unknown
+        return
+    to_onnx = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int16): 5,
+               np.dtype(np.int32): 6, np.dtype(np.int64): 7, np.dtype(np.bool_): 9, np.dtype(np.float16): 10,
+               np.dtype(np.float64): 11}
+    graph.value_info.extend(
+        helper.make_tensor_value_info(name, to_onnx.get(np.asarray(v).dtype, 1), list(np.asarray(v).shape))
+        for name, v in zip(missing, values))
 
 
 def unsupported_on(target, figures: StaticFigures) -> list[str]:

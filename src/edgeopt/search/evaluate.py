@@ -176,6 +176,8 @@ class CandidateEvaluator:
 
     def over_budget(self, metrics: TrialMetrics) -> str | None:
         t = self.target
+        if metrics.unsupported:
+            return f"{t.name} cannot run {', '.join(metrics.unsupported)}"
         if t.storage_bytes is not None and metrics.size_bytes > t.storage_bytes:
             return f"storage {metrics.size_bytes} B > budget {t.storage_bytes} B"
         if t.ram_bytes is not None and metrics.ram_bytes > t.ram_bytes:
