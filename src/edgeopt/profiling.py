@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError, UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError, first_line
 
 # Ops whose cost is one operation per output element.
 _ELEMENTWISE = frozenset({
@@ -417,7 +417,7 @@ def _static_shapes(proto) -> _Shapes:
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is a help: fall through to the symbolic pass
-        notes.append(f"ONNX shape inference failed ({str(e).splitlines()[0][:120]})")
+        notes.append(f"ONNX shape inference failed ({first_line(e, 120)})")
     shapes, types = _collect_shapes(work.graph)
     missing = _missing_outputs(work.graph, shapes)
     if missing:
@@ -431,7 +431,7 @@ def _static_shapes(proto) -> _Shapes:
             for k, v in more_types.items():
                 types.setdefault(k, v)
         except Exception as e:
-            notes.append(f"ONNX Runtime symbolic shape inference failed ({str(e).splitlines()[0][:120]})")
+            notes.append(f"ONNX Runtime symbolic shape inference failed ({first_line(e, 120)})")
         missing = _missing_outputs(work.graph, shapes)
     if missing:
         notes.append(f"{len(missing)} tensor(s) have no static shape ({', '.join(missing[:3])}"
@@ -670,7 +670,7 @@ def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: 
         try:
             session = ort.InferenceSession(handle.onnx_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0][:300]}") from e
+            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {first_line(e)}") from e
         for _ in range(warmup + runs):
             session.run(None, feeds)
         trace_path = session.end_profiling()
