@@ -263,19 +263,8 @@ class ModelHandle:
         entry per sample (a detector's boxes after NMS) comes back as a list of per-run arrays,
         one per sample when the model runs one sample at a time.
         """
-        if isinstance(x, Mapping):
-            raw = dict(x)
-        elif isinstance(x, np.ndarray) or not isinstance(x, Sequence):
-            raw = {self.inputs[0].name: x} if self.inputs else {}
-        else:
-            raw = {spec.name: arr for spec, arr in zip(self.inputs, x)}
+        arrays = self.feeds_from_samples(x)
         axes = {s.name: s.batch_axis for s in self.inputs}
-        moved = {}
-        for key, arr in raw.items():
-            arr = np.asarray(arr)
-            axis = axes.get(key)
-            moved[key] = np.moveaxis(arr, 0, axis) if axis and arr.ndim > axis else arr
-        arrays = self._feeds(moved)
         lengths = {k: v.shape[axes[k]] for k, v in arrays.items() if axes.get(k) is not None and v.ndim}
         if len(set(lengths.values())) > 1:
             raise DataError(f"inputs hold different numbers of samples {lengths}; give every input the same rows")
@@ -312,6 +301,23 @@ class ModelHandle:
                     out = np.moveaxis(out, axis, 0) if axis else out
                 chunks[j].append(out)
         return [list(c) if ragged[j] else np.concatenate(c, axis=0) for j, c in enumerate(chunks)]
+
+    def feeds_from_samples(self, x: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Model-layout feeds for ``run`` from samples-on-axis-0 arrays (moves each input's sample
+        axis to the model's batch axis; checks names, shapes and dtypes)."""
+        if isinstance(x, Mapping):
+            raw = dict(x)
+        elif isinstance(x, np.ndarray) or not isinstance(x, Sequence):
+            raw = {self.inputs[0].name: x} if self.inputs else {}
+        else:
+            raw = {spec.name: arr for spec, arr in zip(self.inputs, x)}
+        axes = {s.name: s.batch_axis for s in self.inputs}
+        moved = {}
+        for key, arr in raw.items():
+            arr = np.asarray(arr)
+            axis = axes.get(key)
+            moved[key] = np.moveaxis(arr, 0, axis) if axis and arr.ndim > axis else arr
+        return self._feeds(moved)
 
     def _output_indices(self, outputs: Sequence[str | int] | str | int | None) -> list[int]:
         """Output positions for names or indices (all outputs when None)."""

@@ -397,12 +397,17 @@ def _static_shapes(proto) -> _Shapes:
     initializer_names = {t.name for t in graph.initializer}
     per_sample = False
     notes: list[str] = []
+    # The batch is the symbol most inputs carry on axis 0; a recurrent state carries it on axis 1.
+    firsts = Counter(v.type.tensor_type.shape.dim[0].dim_param for v in graph.input
+                     if v.name not in initializer_names and len(v.type.tensor_type.shape.dim)
+                     and v.type.tensor_type.shape.dim[0].dim_param)
+    batch_symbol = firsts.most_common(1)[0][0] if firsts else None
     for value in graph.input:
         if value.name in initializer_names:
             continue
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
-                if axis == 0:
+                if axis == 0 or (batch_symbol and dim.dim_param == batch_symbol):
                     per_sample = True
                 else:
                     notes.append(f"input {value.name!r} axis {axis} is dynamic; counted as 1")
@@ -420,6 +425,7 @@ def _static_shapes(proto) -> _Shapes:
         notes.append(f"ONNX shape inference failed ({first_line(e, 120)})")
     shapes, types = _collect_shapes(work.graph)
     missing = _missing_outputs(work.graph, shapes)
+    symbolic_failure = None
     if missing:
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -431,8 +437,19 @@ def _static_shapes(proto) -> _Shapes:
             for k, v in more_types.items():
                 types.setdefault(k, v)
         except Exception as e:
-            notes.append(f"ONNX Runtime symbolic shape inference failed ({first_line(e, 120)})")
+            symbolic_failure = f"ONNX Runtime symbolic shape inference failed ({first_line(e, 120)})"
         missing = _missing_outputs(work.graph, shapes)
+    if missing:
+        measured = _measured_shapes(work, missing)
+        if measured:
+            for name, (shape, elem_type) in measured.items():
+                shapes[name] = shape
+                types.setdefault(name, elem_type)
+            notes.append(f"{len(measured)} tensor shape(s) that shape inference could not resolve were measured by "
+                         "running the model once on ONNX Runtime (batch and other dynamic dimensions 1)")
+        missing = _missing_outputs(work.graph, shapes)
+    if missing and symbolic_failure:
+        notes.append(symbolic_failure)
     if missing:
         notes.append(f"{len(missing)} tensor(s) have no static shape ({', '.join(missing[:3])}"
                      f"{'...' if len(missing) > 3 else ''}); their MACs and bytes count as 0")
@@ -440,6 +457,35 @@ def _static_shapes(proto) -> _Shapes:
         shapes[name] = const.dims
         types[name] = const.elem_type
     return _Shapes(shapes, types, per_sample, notes)
+
+
+def _measured_shapes(work, missing: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Shapes and element types of ``missing`` tensors, from one ONNX Runtime run on example inputs.
+
+    Static inference gives up on graphs whose shapes are computed at run time (the Shape -> Slice
+    -> Concat -> Reshape chains exported for multi-head attention with a dynamic batch); running
+    the graph once with those tensors exposed as outputs settles them. Empty if the run fails.
+    """
+    import copy
+
+    import numpy as np
+    import onnx
+
+    from .model import ModelHandle, make_session
+
+    try:
+        probe = copy.deepcopy(work)
+        present = {o.name for o in probe.graph.output}
+        for name in missing:
+            if name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+        feeds = ModelHandle.from_proto(work).example_inputs(batch=1)
+        session = make_session(probe.SerializeToString(), threads=1, optimize=False)
+        values = session.run(missing, feeds)
+    except Exception:  # measuring is a help; without it the notes say what was not counted
+        return {}
+    return {name: (tuple(int(d) for d in np.shape(v)), int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype)))
+            for name, v in zip(missing, values)}
 
 
 def _collect_shapes(graph) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
@@ -854,7 +900,7 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
 
         dataset = fit_to_model(load_data(data), handle)
     if measure:
-        sample = {handle.inputs[0].name: dataset.x[:1]} if data is not None and len(handle.inputs) == 1 else None
+        sample = handle.feeds_from_samples(dataset.take(0, 1).x) if data is not None else None
         latency = measure_latency(handle, sample, threads=threads, runs=runs)
         silent = [n for n in names if n not in latency.shares and n not in latency.fused]
         if silent:

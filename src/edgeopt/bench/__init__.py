@@ -230,10 +230,11 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
             size = handle.size_bytes
         if inputs is None:
             for spec in handle.inputs:
-                if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+                fixed = spec.shape[spec.batch_axis] if spec.batch_axis is not None else None
+                if isinstance(fixed, int) and fixed != batch:
                     raise ConfigError(
-                        f"model {name!r} has a fixed batch of {spec.shape[0]} on input {spec.name!r}; got batch={batch}. "
-                        f"Use batch={spec.shape[0]} or a model with a dynamic batch dimension"
+                        f"model {name!r} has a fixed batch of {fixed} on input {spec.name!r}; got batch={batch}. "
+                        f"Use batch={fixed} or a model with a dynamic batch dimension"
                     )
             feeds = handle.example_inputs(batch=batch)
         else:
@@ -243,8 +244,10 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
             npy = workdir / f"model{index}_input{i}.npy"
             np.save(npy, np.ascontiguousarray(array), allow_pickle=False)
             input_paths[input_name] = str(npy)
-        first = next(iter(feeds.values()), None)
-        actual_batch = int(first.shape[0]) if first is not None and first.ndim else batch
+        first = handle.inputs[0] if handle.inputs else None
+        array = feeds.get(first.name) if first is not None else None
+        axis = first.batch_axis if first is not None else None
+        actual_batch = int(array.shape[axis]) if array is not None and axis is not None and array.ndim > axis else batch
         prepared.append(_Prepared(name, path, size, input_paths, actual_batch))
     return prepared
 

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model file (.onnx, .tflite, .pt2)."),
         data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on (.npz, .csv, image folder)."),
         metric: Optional[str] = typer.Option(None, "--metric", help="Metric to evaluate on --data (top1, top5, auc, mse, ...). Without it, --data only supplies the latency input."),
-        x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
+        x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file; several inputs as a comma list named like the model's inputs (input_ids,attention_mask)."),
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows of the data."),
         threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads for the latency measurement."),
