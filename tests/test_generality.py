@@ -125,16 +125,8 @@ def fp16_copy(model: edgeopt.ModelHandle) -> edgeopt.ModelHandle:
     """The model with float16 weights and arithmetic, float32 inputs and outputs."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    # The converter appends its input Casts after their consumers: load() puts the nodes back in order.
     half = convert_float_to_float16(model.proto(), keep_io_types=True)
-    # The converter appends its input Casts after their consumers; the ONNX checker wants graph order.
-    nodes, ready, pending = [], {i.name for i in half.graph.input} | {t.name for t in half.graph.initializer}, list(half.graph.node)
-    while pending:
-        node = next(n for n in pending if all(not i or i in ready for i in n.input))
-        pending.remove(node)
-        nodes.append(node)
-        ready.update(node.output)
-    del half.graph.node[:]
-    half.graph.node.extend(nodes)
     return edgeopt.load(half, name=f"{model.name}_fp16")
 
 
@@ -213,6 +205,12 @@ def test_transformer_predict_matches_torch_on_multi_input_npz(transformer, text_
         want = module(torch.from_numpy(data.x["input_ids"]), torch.from_numpy(data.x["attention_mask"])).numpy()
     assert got.shape == (40, 3)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    batches = [({"input_ids": torch.from_numpy(data.x["input_ids"][i:i + 16]),
+                 "attention_mask": torch.from_numpy(data.x["attention_mask"][i:i + 16])}, torch.zeros(len(data.x["input_ids"][i:i + 16])))
+               for i in range(0, 40, 16)]  # a DataLoader yielding ({name: tensor}, labels)
+    from_loader = load_data(batches)
+    assert len(from_loader) == 40 and from_loader.has_labels
+    np.testing.assert_array_equal(from_loader.x["attention_mask"], data.x["attention_mask"])
     calib, rest = data.splits(calib="0:10", eval="10:").values()
     assert calib.x["input_ids"].shape == (10, SEQ) and rest.x["attention_mask"].shape == (30, SEQ)
 
@@ -272,6 +270,9 @@ def test_transformer_cli_profile_bench_evaluate(transformer, text_data, tmp_path
     assert prof["latency"]["runs"] == 3
     bench = cli_json(capsys, "bench", str(path), "--rounds", "1", "--iterations", "3", "--warmup", "1", "--batch", "2")
     assert bench["results"][0]["batch"] == 2 and bench["results"][0]["latency_ms"]["p50"] > 0
+    with_data = cli_json(capsys, "profile", str(path), "--data", str(text_data), "--x-key", "input_ids,attention_mask",
+                         "--runs", "2")
+    assert with_data["totals"]["macs"] == prof["totals"]["macs"] and with_data["latency"]["runs"] == 2
     result = cli_json(capsys, "evaluate", str(path), "--data", str(text_data), "--x-key", "input_ids,attention_mask",
                       "--y-key", "", "--metric", "agreement", "--reference", str(path))
     assert result["metric"] == "agreement" and result["value"] == 1.0 and result["samples"] == 40
@@ -392,6 +393,32 @@ def test_constant_node_weights_profile_and_run_like_initializers(transformer):
     a, b = edgeopt.profile(handle, measure=False), edgeopt.profile(constant, measure=False)
     assert b.parameters == a.parameters > 0 and b.macs == a.macs
     assert b.weight_bytes == a.weight_bytes
+
+
+def test_nodes_out_of_order_are_sorted_on_load():
+    proto = sequence_model()
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(nodes))
+    handle = edgeopt.load(proto)
+    assert [n.op_type for n in handle.proto().graph.node] == ["Gather", "MatMul", "ReduceMean"]
+    cyclic = sequence_model()
+    cyclic.graph.node[0].input[1] = "pooled"
+    with pytest.raises(edgeopt.errors.ModelLoadError, match="checker"):
+        edgeopt.load(cyclic)
+
+
+def test_fixed_batch_of_4_runs_in_padded_chunks():
+    weight = np.arange(6, dtype=np.float32).reshape(3, 2)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed4",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])],
+                              [numpy_helper.from_array(weight, "w")])
+    handle = edgeopt.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    x = np.random.default_rng(8).standard_normal((10, 3)).astype(np.float32)
+    np.testing.assert_allclose(handle.predict(x, batch_size=64)[0], x @ weight, rtol=1e-6)
+    with pytest.raises(ConfigError, match="fixed batch of 4"):
+        edgeopt.benchmark(handle, batch=2, rounds=1, iterations=1)
 
 
 def test_symbolic_sequence_length(tmp_path, capsys):

@@ -364,12 +364,19 @@ def _read_iterable(source: Iterable) -> Dataset:
     xs, ys = [], []
     for item in source:
         if isinstance(item, (tuple, list)) and len(item) >= 2:
-            xs.append(_to_numpy(item[0]))
+            xs.append(item[0])
             ys.append(_to_numpy(item[1]))
         else:
-            xs.append(_to_numpy(item))
+            xs.append(item)
     if not xs:
         raise DataError("the data iterable yielded nothing")
+    if isinstance(xs[0], Mapping):  # batches of {input name: tensor}, as tokenizer pipelines yield
+        if not all(isinstance(b, Mapping) and set(b) == set(xs[0]) for b in xs):
+            raise DataError("the data iterable mixes batches with different input names; every batch needs the same inputs")
+        arrays = {k: np.concatenate([np.atleast_1d(_to_numpy(b[k])) for b in xs]) for k in xs[0]}
+        y = np.concatenate([np.atleast_1d(v) for v in ys]) if ys else None
+        return Dataset(_input_arrays(arrays), y, name="iterable")
+    xs = [_to_numpy(x) for x in xs]
     batched = xs[0].ndim >= 1 and all(x.shape[1:] == xs[0].shape[1:] for x in xs)
     x = np.concatenate(xs) if batched and xs[0].ndim > 1 else np.stack(xs)
     y = None

@@ -526,13 +526,47 @@ def _from_onnx_proto(proto, *, name: str, source: str | None, source_format: str
     try:
         onnx.checker.check_model(proto, full_check=False)
     except Exception as e:  # onnx raises ValidationError and others
-        raise ModelLoadError(f"model {name!r} fails the ONNX checker: {first_line(e)}") from e
+        ordered = _topologically_sorted(proto) if "topologically sorted" in str(e) else None
+        if ordered is None:
+            raise ModelLoadError(f"model {name!r} fails the ONNX checker: {first_line(e)}") from e
+        proto = ordered
+        try:
+            onnx.checker.check_model(proto, full_check=False)
+        except Exception as again:
+            raise ModelLoadError(f"model {name!r} fails the ONNX checker: {first_line(again)}") from again
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:
         inferred = proto  # shape inference is a help, not a requirement
     return ModelHandle.from_proto(inferred, name=name, source=source, source_format=source_format,
                                   torch_module=torch_module, base_dir=base_dir)
+
+
+def _topologically_sorted(proto):
+    """A copy of ``proto`` with its top-level nodes in dependency order, or None if there is none
+    (a cycle or an input nobody produces). Some tools emit valid graphs out of order (ONNX
+    Runtime's float16 converter appends input Casts after their consumers); the checker refuses them."""
+    import onnx
+
+    graph = proto.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ready |= {t.values.name for t in graph.sparse_initializer}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            return None
+        runnable_ids = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in runnable_ids]
+        ordered.extend(runnable)
+        for n in runnable:
+            ready.update(n.output)
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    return out
 
 
 def load_torch(module, example_inputs, *, input_names=None, output_names=None, dynamic_batch=True,
