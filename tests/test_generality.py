@@ -322,6 +322,34 @@ def test_gru_profile_bench_and_fidelity(gru):
         evaluate(handle, data, "cosine", reference=handle, output="nope")
 
 
+class TwoLayerLstm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(10, 16, num_layers=2, batch_first=True)
+        self.classify = torch.nn.Linear(16, 4)
+
+    def forward(self, frames, h, c):
+        out, (h_next, c_next) = self.lstm(frames, (h, c))
+        return self.classify(out[:, -1]), (h_next, c_next)  # nested outputs are flattened
+
+
+def test_two_layer_lstm_with_h_and_c_state():
+    torch.manual_seed(0)
+    module = TwoLayerLstm()
+    handle = edgeopt.load(module, example_inputs=(torch.randn(3, 5, 10), torch.zeros(2, 3, 16), torch.zeros(2, 3, 16)),
+                          input_names=["frames", "h", "c"])
+    assert [s.batch_axis for s in handle.inputs] == [0, 1, 1] and [s.batch_axis for s in handle.outputs] == [0, 1, 1]
+    feeds = handle.example_inputs(batch=4)
+    assert feeds["h"].shape == (2, 4, 16) and not feeds["h"].any() and not feeds["c"].any()  # found through the per-layer Slice
+    frames = np.random.default_rng(9).standard_normal((9, 5, 10)).astype(np.float32)
+    zeros = np.zeros((9, 2, 16), np.float32)
+    logits, h, c = handle.predict({"frames": frames, "h": zeros, "c": zeros}, batch_size=4)
+    with torch.no_grad():
+        want, (want_h, want_c) = module(torch.from_numpy(frames), torch.zeros(2, 9, 16), torch.zeros(2, 9, 16))
+    np.testing.assert_allclose(logits, want.numpy(), atol=1e-4)
+    np.testing.assert_allclose(c, want_c.numpy().transpose(1, 0, 2), atol=1e-4)
+
+
 def test_gru_traced_at_batch_1_falls_back_to_a_fixed_batch():
     torch.manual_seed(0)
     module = GruKeywordSpotter()

@@ -108,9 +108,11 @@ def _with_batch_axes(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, 
             tuple(replace(s, batch_axis=axis(s, True)) for s in outputs))
 
 
-# Ops that pass integer ids through unchanged in value (shape or type only), followed when looking
-# for the embedding table an input indexes into.
-_ID_PASSTHROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose"})
+# Ops that pass values through unchanged (they change shape, type or select parts), followed from an
+# input to the embedding table it indexes or the recurrent layer it initializes (a 2-layer LSTM
+# slices its state per layer).
+_PASSTHROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose",
+                          "Slice", "Split", "Gather"})
 
 
 def _input_roles(proto) -> dict[str, int | str]:
@@ -143,7 +145,7 @@ def _input_roles(proto) -> dict[str, int | str]:
                         roles[value.name] = table_rows[node.input[0]]
                 elif node.op_type in ("GRU", "LSTM", "RNN") and pos >= 5:  # initial_h, initial_c
                     roles[value.name] = "state"
-                elif node.op_type in _ID_PASSTHROUGH and pos == 0:
+                elif node.op_type in _PASSTHROUGH and pos == 0:
                     frontier.extend(o for o in node.output if o)
     return roles
 
