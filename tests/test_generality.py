@@ -18,7 +18,7 @@ from edgeopt.cli.main import run
 from edgeopt.data import fit_to_model, load_data
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.evaluation import evaluate
-from edgeopt.profiling import count_macs
+from edgeopt.profiling import activation_liveness, count_macs
 
 VOCAB, D_MODEL, HEADS, FFN, SEQ = 50, 16, 2, 32, 7
 
@@ -310,7 +310,7 @@ def test_gru_profile_bench_and_fidelity(gru):
     _, handle = gru
     profile = edgeopt.profile(handle, runs=3)
     assert profile.macs_by_op_type["GRU"] == 5 * (3 * 16 * 10 + 3 * 16 * 16)  # seq x (W + R) per sample
-    assert profile.per_sample and not any("axis 1 is dynamic" in n for n in profile.notes)
+    assert profile.per_sample and not any("dynamic" in n for n in profile.notes)  # the state batch is the batch
     report = edgeopt.benchmark(handle, rounds=1, iterations=3, warmup=1, batch=3)
     assert report[0].batch == 3
     rng = np.random.default_rng(3)
@@ -461,8 +461,14 @@ def test_symbolic_sequence_length(tmp_path, capsys):
         ids = np.random.default_rng(length).integers(0, 20, (50, length))
         assert handle.predict(ids, batch_size=16)[0].shape == (50, 4)
     assert count_macs(handle)["MatMul_1"] == 8 * 4  # per sample, sequence length counted as 1
+    assert count_macs(handle, dims={"sequence": 12})["MatMul_1"] == 12 * 8 * 4
+    assert activation_liveness(handle, dims={"sequence": 12}).tensors["embedded"].bytes == 12 * 8 * 4
     prof = cli_json(capsys, "profile", str(path), "--no-measure")
-    assert any("'sequence'" in n or "axis 1 is dynamic" in n for n in prof["notes"])
+    assert any("(sequence) is dynamic; counted as 1" in n for n in prof["notes"])
+    prof = cli_json(capsys, "profile", str(path), "--dim", "sequence=12", "--runs", "2")
+    assert prof["totals"]["macs_by_op_type"]["MatMul"] == 12 * 8 * 4 and not any("dynamic" in n for n in prof["notes"])
+    with pytest.raises(ConfigError, match="'sequence'"):
+        count_macs(handle, dims={"seq": 12})
     bench = edgeopt.benchmark(handle, inputs={"ids": np.ones((1, 16), np.int64)}, rounds=1, iterations=3, warmup=1)
     assert bench[0].batch == 1
     with pytest.raises(DataError, match="dtype float32"):

@@ -382,8 +382,9 @@ class _Shapes:
     notes: list[str]
 
 
-def _static_shapes(proto) -> _Shapes:
-    """Shapes of every tensor with dynamic dimensions set to 1.
+def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
+    """Shapes of every tensor with the dynamic batch set to 1 and other dynamic dimensions set to
+    ``dims[name]`` (e.g. {"sequence": 128}) or 1.
 
     ONNX shape inference first (with data propagation, so Reshape targets computed in the graph
     resolve); ONNX Runtime's symbolic shape inference for whatever is still unknown.
@@ -407,12 +408,17 @@ def _static_shapes(proto) -> _Shapes:
             continue
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
+                size = 1
                 if axis == 0 or (batch_symbol and dim.dim_param == batch_symbol):
                     per_sample = True
+                elif dims and dim.dim_param in dims:
+                    size = int(dims[dim.dim_param])
                 else:
-                    notes.append(f"input {value.name!r} axis {axis} is dynamic; counted as 1")
+                    notes.append(f"input {value.name!r} axis {axis} ({dim.dim_param or 'unnamed'}) is dynamic; "
+                                 "counted as 1" + (f" (set it with dims={{{dim.dim_param!r}: n}} / --dim "
+                                                   f"{dim.dim_param}=n)" if dim.dim_param else ""))
                 dim.Clear()
-                dim.dim_value = 1
+                dim.dim_value = size
     # Stale symbolic shapes from an earlier inference would be merged back in; start clean.
     del graph.value_info[:]
     for value in graph.output:
@@ -607,13 +613,28 @@ def _precision(node, producers: Mapping[str, Any], constants: Mapping[str, _Cons
     return "unknown"
 
 
-def count_macs(model) -> dict[str, int]:
+def count_macs(model, dims: Mapping[str, int] | None = None) -> dict[str, int]:
     """MACs per node (unique node name -> count; see the module docstring for non-MAC ops).
 
-    Dynamic dimensions count as 1, so with a dynamic batch the figures are per sample.
+    Dynamic dimensions count as 1 (or as ``dims[name]``, e.g. ``{"sequence": 128}``), so with a
+    dynamic batch the figures are per sample.
     """
-    _, proto = _onnx_model(model)
-    return _count_macs(proto, _static_shapes(proto), _constants(proto.graph))[0]
+    handle, proto = _onnx_model(model)
+    return _count_macs(proto, _static_shapes(proto, _check_dims(handle, dims)), _constants(proto.graph))[0]
+
+
+def _check_dims(handle, dims: Mapping[str, int] | None) -> dict[str, int] | None:
+    """``dims`` checked against the model's symbolic input dimensions (the batch excluded)."""
+    if not dims:
+        return None
+    symbols = {d for s in handle.inputs for i, d in enumerate(s.shape) if isinstance(d, str) and i != s.batch_axis}
+    for name, size in dims.items():
+        if name not in symbols:
+            raise ConfigError(f"dimension {name!r} is not a dynamic input dimension of model {handle.name!r}; "
+                              f"its dynamic dimensions (batch excluded) are {sorted(symbols) or 'none'}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"dimension {name!r} must be a positive integer size; got {size!r}")
+    return dict(dims)
 
 
 def total_macs(model) -> int:
@@ -634,14 +655,14 @@ def _count_macs(proto, shapes: _Shapes, constants) -> tuple[dict[str, int], list
     return macs, uncounted
 
 
-def activation_liveness(model) -> Liveness:
+def activation_liveness(model, dims: Mapping[str, int] | None = None) -> Liveness:
     """The execution-order liveness plan of ``model``'s activations (see :class:`Liveness`).
 
     >>> live = activation_liveness("../shared/data/mlperf_tiny/ic/resnet8_cifar10.onnx")  # doctest: +SKIP
     >>> live.peak_bytes, live.peak_node  # doctest: +SKIP
     """
-    _, proto = _onnx_model(model)
-    return _liveness(proto, _static_shapes(proto), _constants(proto.graph))
+    handle, proto = _onnx_model(model)
+    return _liveness(proto, _static_shapes(proto, _check_dims(handle, dims)), _constants(proto.graph))
 
 
 def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liveness:
@@ -694,7 +715,7 @@ def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liv
 # ------------------------------------------------------------------------------------------------
 
 def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: int = 1, runs: int = 50,
-                    warmup: int = 5) -> LatencyProfile:
+                    warmup: int = 5, dims: Mapping[str, int] | None = None) -> LatencyProfile:
     """Per-node latency shares from ONNX Runtime's profiler (the trace file goes to a temp dir)."""
     import onnxruntime as ort
 
@@ -703,7 +724,7 @@ def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: 
         raise ConfigError(f"threads must be >= 1; got {threads}")
     if runs < 1:
         raise ConfigError(f"runs must be >= 1; got {runs}")
-    feeds = dict(inputs) if inputs is not None else handle.example_inputs(batch=1)
+    feeds = dict(inputs) if inputs is not None else handle.example_inputs(batch=1, dims=_check_dims(handle, dims))
     feeds = handle._feeds(feeds)
     with tempfile.TemporaryDirectory(prefix="edgeopt-profile-") as tmp:
         options = ort.SessionOptions()
@@ -845,20 +866,23 @@ class _KernelMapper:
 # The profile
 # ------------------------------------------------------------------------------------------------
 
-def profile(model, data=None, *, metric=None, measure: bool = True, threads: int = 1, runs: int = 50) -> Profile:
+def profile(model, data=None, *, metric=None, measure: bool = True, threads: int = 1, runs: int = 50,
+            dims: Mapping[str, int] | None = None) -> Profile:
     """Profile ``model`` (a path or a ModelHandle).
 
     Static: parameters (initializers and Constant-node tensors), weight bytes by dtype, MACs per
     node, per-layer precision, peak activation memory under an execution-order liveness plan,
     op histogram. With ``measure``: per-node latency share from ONNX Runtime's profiler with
     ``threads`` threads over ``runs`` runs at batch 1. With ``data`` and ``metric``: the metric
-    with its 95% CI and sample count.
+    with its 95% CI and sample count. ``dims`` sizes dynamic dimensions other than the batch
+    (``{"sequence": 128}``) for the static figures and the latency input; they count as 1 otherwise.
     """
     handle, proto = _onnx_model(model)
     graph = proto.graph
     if metric is not None and data is None:
         raise ConfigError("metric needs data: give data= (e.g. an .npz path) or drop metric")
-    shapes = _static_shapes(proto)
+    dims = _check_dims(handle, dims)
+    shapes = _static_shapes(proto, dims)
     constants = _constants(graph)
     names = unique_node_names(graph)
     macs, uncounted = _count_macs(proto, shapes, constants)
@@ -901,7 +925,7 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
         dataset = fit_to_model(load_data(data), handle)
     if measure:
         sample = handle.feeds_from_samples(dataset.take(0, 1).x) if data is not None else None
-        latency = measure_latency(handle, sample, threads=threads, runs=runs)
+        latency = measure_latency(handle, sample, threads=threads, runs=runs, dims=dims)
         silent = [n for n in names if n not in latency.shares and n not in latency.fused]
         if silent:
             notes.append(f"{len(silent)} node(s) ran no ONNX Runtime kernel of their own (folded or fused by ORT's "

@@ -3,7 +3,7 @@ per-node latency share and (with data) the task metric."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         no_measure: bool = typer.Option(False, "--no-measure", help="Static analysis only: skip the latency measurement."),
         json_output: bool = typer.Option(False, "--json", help="Print the full profile as JSON on stdout."),
         top: int = typer.Option(20, "--top", help="Rows in the per-node table."),
+        dim: Optional[List[str]] = typer.Option(None, "--dim", help="Size of a dynamic input dimension other than the batch, e.g. --dim sequence=128 (repeatable; default 1)."),
         sort: Optional[str] = typer.Option(None, "--sort", help="Order the node table by 'macs' or 'latency' (default: latency when measured)."),
     ):
         """Profile a model: params, weight bytes, MACs, peak activation memory, op mix, latency share per node and (with --data) the metric with its 95% CI."""
@@ -45,7 +46,13 @@ def register(app: typer.Typer) -> None:
             from ..data import load_data
 
             dataset = load_data(data, x_key=x_key, y_key=y_key, limit=limit)
-        result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs)
+        dims = {}
+        for item in dim or []:
+            key, _, value = item.partition("=")
+            if not key.strip() or not value.strip().isdigit():
+                raise ConfigError(f"--dim takes NAME=SIZE like 'sequence=128'; got {item!r}")
+            dims[key.strip()] = int(value)
+        result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs, dims=dims or None)
         if json_output:
             from ._common import emit_json
 
