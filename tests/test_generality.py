@@ -471,6 +471,10 @@ def test_symbolic_sequence_length(tmp_path, capsys):
         count_macs(handle, dims={"seq": 12})
     bench = edgeopt.benchmark(handle, inputs={"ids": np.ones((1, 16), np.int64)}, rounds=1, iterations=3, warmup=1)
     assert bench[0].batch == 1
+    bench = cli_json(capsys, "bench", str(path), "--dim", "sequence=64", "--rounds", "1", "--iterations", "3", "--warmup", "1")
+    assert bench["settings"]["dims"] == {"sequence": 64}
+    with pytest.raises(ConfigError, match="'sequence'"):
+        handle.example_inputs(dims={"seq": 64})
     with pytest.raises(DataError, match="dtype float32"):
         handle.predict(np.zeros((2, 5), np.float32))
 

@@ -232,6 +232,12 @@ class ModelHandle:
         ``dims`` names them (``dims={"sequence": 128}``).
         """
         rng = np.random.default_rng(seed)
+        if dims:
+            symbols = {d for s in self.inputs for d in s.shape if isinstance(d, str)}
+            unknown = sorted(set(dims) - symbols)
+            if unknown:
+                raise ConfigError(f"dims {unknown} are not dynamic dimensions of model {self.name!r}; "
+                                  f"its dynamic dimensions are {sorted(symbols) or 'none'}")
         roles = _input_roles(self.proto())
         feeds = {}
         for spec in self.inputs:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         iterations: int = typer.Option(100, "--iterations", "-n", help="Timed runs per round."),
         batch: int = typer.Option(1, "--batch", help="Batch size of the random inputs."),
         precision: str = typer.Option("f32", "--precision", help="Execution precision the runtime may use (openvino: f32, bf16, f16)."),
+        dim: Optional[List[str]] = typer.Option(None, "--dim", help="Size of a dynamic input dimension other than the batch in the random inputs, e.g. --dim sequence=128 (repeatable; default 1)."),
         json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     ) -> None:
         """Latency (best-round p50/p90/p99), load time, peak memory and size of each MODEL, side by side.
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..bench import benchmark
-        from ._common import console, emit_json
+        from ._common import console, emit_json, parse_dims
 
         # Started on the first progress call, i.e. after the arguments were checked, so that a
         # usage error prints its one line without an empty progress bar before it.
@@ -44,7 +45,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             report = benchmark(models, runtime=runtime, threads=threads, rounds=rounds, warmup=warmup,
-                               iterations=iterations, batch=batch, precision=precision, progress=progress)
+                               iterations=iterations, batch=batch, precision=precision, progress=progress,
+                               dims=parse_dims(dim))
         finally:
             if bar.live.is_started:
                 bar.stop()
@@ -57,3 +59,4 @@ def register(app: typer.Typer) -> None:
             if worst > 1.2:
                 out.print(f"[yellow]note:[/] round medians varied up to x{worst:.2f}: the machine was noisy; "
                           "compare ratios, or raise --rounds")
+

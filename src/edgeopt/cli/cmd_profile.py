@@ -46,13 +46,10 @@ def register(app: typer.Typer) -> None:
             from ..data import load_data
 
             dataset = load_data(data, x_key=x_key, y_key=y_key, limit=limit)
-        dims = {}
-        for item in dim or []:
-            key, _, value = item.partition("=")
-            if not key.strip() or not value.strip().isdigit():
-                raise ConfigError(f"--dim takes NAME=SIZE like 'sequence=128'; got {item!r}")
-            dims[key.strip()] = int(value)
-        result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs, dims=dims or None)
+        from ._common import parse_dims
+
+        result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs,
+                         dims=parse_dims(dim))
         if json_output:
             from ._common import emit_json
 
