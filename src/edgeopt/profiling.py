@@ -452,7 +452,7 @@ def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
                 shapes[name] = shape
                 types.setdefault(name, elem_type)
             notes.append(f"{len(measured)} tensor shape(s) that shape inference could not resolve were measured by "
-                         "running the model once on ONNX Runtime (batch and other dynamic dimensions 1)")
+                         "running the model once on ONNX Runtime at batch 1 (other dynamic dimensions as profiled)")
         missing = _missing_outputs(work.graph, shapes)
     if missing and symbolic_failure:
         notes.append(symbolic_failure)
