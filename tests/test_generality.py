@@ -436,6 +436,19 @@ def test_nodes_out_of_order_are_sorted_on_load():
         edgeopt.load(cyclic)
 
 
+def test_time_major_input_keeps_its_batch_on_axis_1():
+    weight = np.arange(6, dtype=np.float32).reshape(3, 2)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "time_major",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch_size", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["time", "batch_size", 2])],
+                              [numpy_helper.from_array(weight, "w")])
+    handle = edgeopt.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert handle.inputs[0].batch_axis == 1 and handle.outputs[0].batch_axis == 1
+    x = np.random.default_rng(10).standard_normal((70, 4, 3)).astype(np.float32)  # samples first: (samples, time, 3)
+    np.testing.assert_allclose(handle.predict(x, batch_size=32)[0], x @ weight, rtol=1e-5)
+    assert count_macs(handle, dims={"time": 4})["MatMul_0"] == 4 * 3 * 2
+
+
 def test_fixed_batch_of_4_runs_in_padded_chunks():
     weight = np.arange(6, dtype=np.float32).reshape(3, 2)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed4",

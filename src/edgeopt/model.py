@@ -82,17 +82,27 @@ def _tensor_specs(values) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def _with_batch_axes(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
-    """Find each tensor's batch axis from the symbolic dimension names.
-
-    The batch is the symbolic name most inputs carry on axis 0 ("batch"); a tensor that carries it
-    elsewhere (a GRU state (layers, batch, hidden)) has its batch there. When the model's batch is
-    fixed, an output whose first axis is dynamic does not follow the batch (NMS detections).
-    """
+def batch_symbol(input_shapes: Sequence[Sequence[Dim]]) -> str | None:
+    """The symbolic dimension that is the batch: one whose name says "batch" if any input has one
+    (so a time-major ['sequence', 'batch', ...] input is read right), else the symbol most inputs
+    carry on axis 0. None when no input has a symbolic batch."""
     from collections import Counter
 
-    firsts = Counter(s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], str))
-    symbol = firsts.most_common(1)[0][0] if firsts else None
+    named = Counter(d for shape in input_shapes for d in shape if isinstance(d, str) and "batch" in d.lower())
+    if named:
+        return named.most_common(1)[0][0]
+    firsts = Counter(shape[0] for shape in input_shapes if len(shape) and isinstance(shape[0], str))
+    return firsts.most_common(1)[0][0] if firsts else None
+
+
+def _with_batch_axes(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+    """Find each tensor's batch axis from the symbolic dimension names (see :func:`batch_symbol`).
+
+    A tensor that carries the batch symbol off axis 0 (a GRU state (layers, batch, hidden)) has its
+    batch there. When the model's batch is fixed, an output whose first axis is dynamic does not
+    follow the batch (NMS detections).
+    """
+    symbol = batch_symbol([s.shape for s in inputs])
     fixed_batch = bool(inputs) and all(s.shape and isinstance(s.shape[0], int) for s in inputs)
 
     def axis(spec: TensorSpec, is_output: bool) -> int | None:

@@ -398,18 +398,22 @@ def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
     initializer_names = {t.name for t in graph.initializer}
     per_sample = False
     notes: list[str] = []
-    # The batch is the symbol most inputs carry on axis 0; a recurrent state carries it on axis 1.
-    firsts = Counter(v.type.tensor_type.shape.dim[0].dim_param for v in graph.input
-                     if v.name not in initializer_names and len(v.type.tensor_type.shape.dim)
-                     and v.type.tensor_type.shape.dim[0].dim_param)
-    batch_symbol = firsts.most_common(1)[0][0] if firsts else None
+    # A recurrent state carries the batch on axis 1; see model.batch_symbol.
+    from .model import batch_symbol as find_batch_symbol
+
+    batch_symbol = find_batch_symbol([tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                                            for d in v.type.tensor_type.shape.dim)
+                                      for v in graph.input if v.name not in initializer_names])
     for value in graph.input:
         if value.name in initializer_names:
             continue
+        params = [d.dim_param for d in value.type.tensor_type.shape.dim]
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
                 size = 1
-                if axis == 0 or (batch_symbol and dim.dim_param == batch_symbol):
+                # axis 0 is the batch unless this input carries the batch symbol elsewhere (time-major)
+                if (batch_symbol and dim.dim_param == batch_symbol) or (
+                        axis == 0 and batch_symbol not in params and not (dims and dim.dim_param in dims)):
                     per_sample = True
                 elif dims and dim.dim_param in dims:
                     size = int(dims[dim.dim_param])
