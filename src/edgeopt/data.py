@@ -402,7 +402,7 @@ def fit_to_model(data: Dataset, model) -> Dataset:
     if data.is_multi_input or len(model.inputs) != 1:
         return _fit_inputs(data, model)
     spec = model.inputs[0]
-    want = spec.shape[1:]
+    want = tuple(d for i, d in enumerate(spec.shape) if i != spec.batch_axis)  # per sample
     have = data.x.shape[1:]
     if len(want) == len(have) and all(not isinstance(w, int) or w == h for w, h in zip(want, have)):
         pass

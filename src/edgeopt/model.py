@@ -638,7 +638,7 @@ def _flatten_tensors(value) -> list:
         return [t for v in value for t in _flatten_tensors(v)]
     if isinstance(value, Mapping):
         return [t for v in value.values() for t in _flatten_tensors(v)]
-    return [value]
+    return [value] if hasattr(value, "detach") else []  # None and Python scalars are not graph outputs
 
 
 def _batch_axis_by_size(tensor, batch: int) -> int | None:
