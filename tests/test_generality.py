@@ -256,6 +256,8 @@ def test_multi_input_data_errors_name_the_inputs(transformer):
         load_data({"input_ids": ids, "attention_mask": ids[:3]})
     with pytest.raises(DataError, match="dtype float32"):
         fit_to_model(load_data({"input_ids": ids.astype(np.float32), "attention_mask": ids}), handle)
+    with pytest.raises(DataError, match="out of data bounds"):  # a token id beyond the vocabulary
+        handle.predict({"input_ids": np.full((2, SEQ), VOCAB), "attention_mask": np.ones((2, SEQ), np.int64)})
     with pytest.raises(ConfigError, match="single-input"):
         load_data({"input_ids": ids, "attention_mask": ids}, preprocess=edgeopt.Preprocess(scale=2.0))
 

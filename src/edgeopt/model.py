@@ -267,7 +267,7 @@ class ModelHandle:
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run the model once on ONNX Runtime; returns the outputs in graph order."""
         feeds = self._feeds(inputs)
-        return self.session().run(None, feeds)
+        return self._run_session(None, feeds)
 
     def predict(self, x: np.ndarray | Mapping[str, np.ndarray], batch_size: int = 64,
                 outputs: Sequence[str | int] | None = None) -> list:
@@ -296,7 +296,6 @@ class ModelHandle:
         names = [self.outputs[i].name for i in wanted]
         chunks: list[list[np.ndarray]] = [[] for _ in wanted]
         ragged = [False] * len(wanted)
-        sess = self.session()
         for start in range(0, n, step):
             stop = min(start + step, n)
             chunk = {}
@@ -310,7 +309,7 @@ class ModelHandle:
                     pad = np.take(part, [-1] * (step - (stop - start)), axis=axis)
                     part = np.concatenate([part, pad], axis=axis)
                 chunk[k] = part
-            for j, out in enumerate(sess.run(names, chunk)):
+            for j, out in enumerate(self._run_session(names, chunk)):
                 axis = self.outputs[wanted[j]].batch_axis
                 if axis is None or out.ndim <= axis or out.shape[axis] != (step if fixed else stop - start):
                     ragged[j] = True
@@ -319,6 +318,15 @@ class ModelHandle:
                     out = np.moveaxis(out, axis, 0) if axis else out
                 chunks[j].append(out)
         return [list(c) if ragged[j] else np.concatenate(c, axis=0) for j, c in enumerate(chunks)]
+
+    def _run_session(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session().run(names, dict(feeds))
+        except EdgeOptError:
+            raise
+        except Exception as e:  # ONNX Runtime's own untyped errors: bad index values, shapes it cannot broadcast
+            shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
+            raise DataError(f"ONNX Runtime failed to run model {self.name!r} on inputs {shapes}: {first_line(e)}") from e
 
     def feeds_from_samples(self, x: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Model-layout feeds for ``run`` from samples-on-axis-0 arrays (moves each input's sample
