@@ -690,10 +690,9 @@ def _export_checked(module, example_inputs, refs, input_names, output_names, dyn
 def _run_verbatim(handle: ModelHandle, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run with the arrays exactly as traced (torch.onnx.export drops inputs the graph never reads)."""
     names = [s.name for s in handle.inputs]
+    feeds = handle._feeds(dict(zip(names, arrays)) if len(names) == len(arrays) else arrays)
     try:
-        return handle.run(dict(zip(names, arrays)) if len(names) == len(arrays) else arrays)
-    except EdgeOptError as e:
-        raise
+        return handle.session().run(None, feeds)
     except Exception as e:  # ONNX Runtime's own untyped errors
         raise UnsupportedModelError(f"the exported graph of {handle.name!r} does not run on ONNX Runtime: {first_line(e)}") from e
 
