@@ -17,9 +17,10 @@ from .emit import generate, memory_report
 from .lower import LoweredModel, lower
 from .toolchain import RunResult, check_target, run_c
 
-# Bit-exact is the aim; one LSB is the stated bound. ORT runs some int8 (signed) QDQ groups in
-# float (it leaves them unfused) and formulates Add/pool/softmax in float32, where a tie can
-# round the other way; the uint8 models ORT fuses completely come out bit-exact.
+# Bit-exact is the aim; one LSB is the stated bound against ORT's integer kernels (Add and softmax
+# are float32 formulas in ORT, where the re-encoding of an int8 model can move a tie). For int8
+# activations ORT's default x86 session leaves some QDQ groups in float; that deviation is
+# measured and reported, but cannot be held to 1 LSB by any integer kernel.
 TOLERANCE_LSB = 1
 
 
@@ -55,17 +56,47 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int, signed: bool) -
     return np.clip(q, lo, hi).astype(np.int8 if signed else np.uint8)
 
 
-def reference_int8(proto, lowered: LoweredModel, x: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """ONNX Runtime's int8 output (the tensor before the final DequantizeLinear) for float inputs ``x``."""
+def reencode_uint8(proto):
+    """The same QDQ model with int8 activations re-encoded as uint8 (q + 128, zero point + 128).
+
+    The integer arithmetic (q - zero_point) is unchanged, so this is an exact re-encoding; ONNX
+    Runtime on x86 fuses every QDQ group of the uint8 form into integer kernels, while for int8
+    activations it leaves some groups in float (DQ -> float op -> Q), which no integer kernel can
+    reproduce bit for bit. (ORT's own QDQS8ToU8Transformer does this re-encoding for the groups it fuses.)
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    inits = {t.name: t for t in out.graph.initializer}
+    act_zps = {n.input[2] for n in out.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    for name in act_zps:
+        t = inits.get(name)
+        if t is None or t.data_type != onnx.TensorProto.INT8:
+            continue
+        arr = numpy_helper.to_array(t).astype(np.int32) + 128
+        t.CopyFrom(numpy_helper.from_array(arr.astype(np.uint8), name))
+    return out
+
+
+def reference_int8(proto, lowered: LoweredModel, x: np.ndarray, *, batch: int = 64, integer_kernels: bool = False) -> np.ndarray:
+    """ONNX Runtime's int8 output (the tensor before the final DequantizeLinear) for float inputs ``x``.
+
+    ``integer_kernels=True`` runs an int8-activation model in its exact uint8 re-encoding
+    (:func:`reencode_uint8`), so that ORT executes every group with integer kernels; the result is
+    shifted back to int8.
+    """
     import onnx
 
     from ..model import make_session
 
+    shift = integer_kernels and lowered.signed
     probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
+    probe.CopyFrom(reencode_uint8(proto) if shift else proto)
     out = probe.graph.output[0]
     out.name = lowered.output_name
-    out.type.tensor_type.elem_type = onnx.TensorProto.INT8 if lowered.signed else onnx.TensorProto.UINT8
+    out.type.tensor_type.elem_type = onnx.TensorProto.INT8 if (lowered.signed and not shift) else onnx.TensorProto.UINT8
     out.type.tensor_type.shape.Clear()
     keep = [n for n in probe.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] == lowered.onnx_output)]
     del probe.graph.node[:]
@@ -75,7 +106,8 @@ def reference_int8(proto, lowered: LoweredModel, x: np.ndarray, *, batch: int = 
     first = sess.get_inputs()[0].shape[0]
     step = 1 if first == 1 else batch
     outs = [sess.run(None, {name: x[i : i + step].astype(np.float32)})[0] for i in range(0, len(x), step)]
-    return np.concatenate(outs).reshape(len(x), -1)
+    result = np.concatenate(outs).reshape(len(x), -1)
+    return (result.astype(np.int32) - 128).astype(np.int8) if shift else result
 
 
 def _verification_inputs(lowered: LoweredModel, samples: np.ndarray | None, seed: int = 0) -> np.ndarray:
@@ -121,8 +153,14 @@ def export_c(model: Any, out_dir: str | os.PathLike, *, target: str = "cortex-m4
                 Path(tmp, name).write_text(text, encoding="utf-8")
             ours = run_c(tmp, "host", quantize_input(x, lowered.input.scale, lowered.input.zero_point, lowered.signed)
                          .reshape(len(x), -1), sanitize=sanitize).outputs
-        ref = reference_int8(proto, lowered, x)
-        verification = compare_lsb(ours, ref) | {"tolerance_lsb": TOLERANCE_LSB, "reference": "onnxruntime int8"}
+        ref = reference_int8(proto, lowered, x, integer_kernels=True)
+        verification = compare_lsb(ours, ref) | {
+            "tolerance_lsb": TOLERANCE_LSB,
+            "reference": "onnxruntime integer kernels" + (" (uint8 re-encoding of the int8 model)" if lowered.signed else "")}
+        default = compare_lsb(ours, reference_int8(proto, lowered, x)) if lowered.signed else None
+        if default is not None:
+            # ORT's default int8 session runs some groups in float: reported, not held to 1 LSB
+            verification["vs_onnxruntime_default_session"] = default
         if verification["max_abs_lsb"] > TOLERANCE_LSB:
             raise VerificationError(
                 f"generated C deviates from ONNX Runtime by up to {verification['max_abs_lsb']} LSB "
