@@ -69,6 +69,7 @@ def reencode_uint8(proto):
 
     out = onnx.ModelProto()
     out.CopyFrom(proto)
+    del out.graph.value_info[:]  # recorded int8 types of activations no longer hold
     inits = {t.name: t for t in out.graph.initializer}
     act_zps = {n.input[2] for n in out.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
     for name in act_zps:
