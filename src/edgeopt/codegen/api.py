@@ -14,7 +14,7 @@ import numpy as np
 from .._io import write_text_atomic
 from ..errors import ConfigError, DataError, VerificationError
 from .emit import generate, memory_report
-from .lower import LoweredModel, lower
+from .lower import LoweredModel, fuse_residual_adds, lower
 from .toolchain import RunResult, check_target, run_c
 
 # Bit-exact is the aim; one LSB is the stated bound against ORT's integer kernels (Add and softmax
@@ -143,7 +143,7 @@ def export_c(model: Any, out_dir: str | os.PathLike, *, target: str = "cortex-m4
     check_target(target)
     proto = _proto(model)
     lowered = lower(proto)
-    gen = generate(lowered)
+    gen = generate(fuse_residual_adds(lowered))
     report = memory_report(gen)
     report["target"] = target
     verification: dict = {}

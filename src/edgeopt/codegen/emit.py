@@ -100,8 +100,9 @@ def build_buffers(model: LoweredModel) -> tuple[list[Buffer], dict[str, str]]:
             buffers[r].last = max(buffers[r].last, idx)
             continue
         target = None
-        if op.kind in _INPLACE_KINDS:
-            for name in op.inputs:
+        candidates = op.inputs if op.kind in _INPLACE_KINDS else (op.inputs[1:] if "add" in op.attrs else [])
+        if candidates:
+            for name in candidates:
                 if name in const_tensors:
                     continue
                 r = root(name)
@@ -163,10 +164,24 @@ def generate(model: LoweredModel, *, model_name: str = "model") -> Generated:
             consts.append(_array("int32_t", f"{tag}_m", mant))
             consts.append(_array("int8_t", f"{tag}_e", expo))
             const_bytes += w.size + 4 * len(a["bias"]) + 5 * len(mant)
+            epilogue = "0"
+            if "add" in a:
+                fa = a["add"]
+                conv_out = model.tensors[fa["conv_output"]]
+                other = model.tensors[fa["other"]]
+                ta, tb = (conv_out, other) if fa["conv_is_a"] else (other, conv_out)
+                ra, rb, fixed = add_constants(ta, tb, y)
+                body.append(
+                    f"    {{ static const eo_add_epilogue add = {{0, {int(fa['conv_is_a'])}, {_f32(ra)}, {_f32(rb)}, {_f32(fixed)}, "
+                    f"{fa['qmin']}, {fa['qmax']}}};\n      eo_add_epilogue e = add; e.other = {cptr(other.name)};")
+                epilogue = "&e"
+                y_q = conv_out
+            else:
+                y_q = y
             body.append(
                 f"    eo_conv({cptr(x.name)}, {shape3(x.shape)}, {x.zero_point}, {tag}_w, {tag}_b, {w.shape[2]}, {w.shape[3]}, "
                 f"{a['group']}, {a['strides'][0]}, {a['strides'][1]}, {a['pads'][0]}, {a['pads'][1]}, {cptr(y.name)}, "
-                f"{shape3(y.shape)}, {tag}_m, {tag}_e, {y.zero_point}, {a['qmin']}, {a['qmax']});")
+                f"{shape3(y.shape)}, {tag}_m, {tag}_e, {y_q.zero_point}, {a['qmin']}, {a['qmax']}, {epilogue});" + (" }" if "add" in a else ""))
         elif op.kind == "gemm":
             x = model.tensors[op.inputs[0]]
             w = a["weight"]

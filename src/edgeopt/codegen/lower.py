@@ -471,3 +471,40 @@ def _requant_table(xt: QTensor, yt: QTensor, signed: bool) -> np.ndarray:
     x = (xt.scale * (codes - xt.zero_point).astype(np.float32)).astype(np.float32)
     qmin, qmax = (-128, 127) if signed else (0, 255)
     return np.clip(np.rint(x / yt.scale) + yt.zero_point, qmin, qmax).astype(np.int32)
+
+
+def fuse_residual_adds(model: LoweredModel) -> LoweredModel:
+    """Fold each Add whose operand is a convolution used only by that Add into the convolution.
+
+    The fused op computes exactly what the two ORT kernels compute (requantize, then the Add
+    formula) but the convolution's output never exists as a tensor: in a residual block the
+    Add writes over its other operand, so the block needs two live activations instead of three.
+    """
+    readers: dict[str, int] = {}
+    for op in model.ops:
+        for name in op.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {op.output: op for op in model.ops}
+    fused_convs: set[int] = set()
+    new_ops: list[Op] = []
+    for op in model.ops:
+        if op.kind == "add" and op.attrs["broadcast"] == "same" and all(c is None for c in op.attrs["consts"]):
+            for j, name in enumerate(op.inputs):
+                conv = producer.get(name)
+                other = op.inputs[1 - j]
+                if (conv is None or conv.kind != "conv" or "add" in conv.attrs or readers.get(name) != 1
+                        or name == model.output_name or other == name or model.tensors[other].size != model.tensors[name].size):
+                    continue
+                fused_convs.add(id(conv))
+                attrs = dict(conv.attrs)
+                attrs["add"] = {"other": other, "conv_is_a": j == 0, "conv_output": name,
+                                "qmin": op.attrs["qmin"], "qmax": op.attrs["qmax"]}
+                new_ops.append(Op("conv", f"{conv.name} + {op.name}", [conv.inputs[0], other], op.output, attrs))
+                break
+            else:
+                new_ops.append(op)
+            continue
+        new_ops.append(op)
+    kept = [op for op in new_ops if id(op) not in fused_convs]
+    return LoweredModel(model.tensors, kept, model.input_name, model.output_name, model.onnx_input,
+                        model.onnx_output, model.signed)

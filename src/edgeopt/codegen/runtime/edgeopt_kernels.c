@@ -84,7 +84,7 @@ void eo_conv(const eo_act_t *x, eo_shape3 in, int32_t x_zp,
              const int8_t *w, const int32_t *bias, int32_t kh, int32_t kw, int32_t group,
              int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
              eo_act_t *y, eo_shape3 out, const int32_t *mant, const int8_t *expo,
-             int32_t y_zp, int32_t qmin, int32_t qmax)
+             int32_t y_zp, int32_t qmin, int32_t qmax, const eo_add_epilogue *add)
 {
     const int32_t cin_g = in.c / group;
     const int32_t cout_g = out.c / group;
@@ -113,7 +113,19 @@ void eo_conv(const eo_act_t *x, eo_shape3 in, int32_t x_zp,
                         }
                     }
                 }
-                ym[oy * out.w + ox] = (eo_act_t)eo_requant(acc + bias[m], mant[m], expo[m], y_zp, qmin, qmax);
+                {
+                    const int32_t q = eo_requant(acc + bias[m], mant[m], expo[m], y_zp, qmin, qmax);
+                    const int32_t at = oy * out.w + ox;
+                    if (add) {
+                        const float o = (float)add->other[m * out.h * out.w + at];
+                        const float qa = add->conv_is_a ? (float)q : o;
+                        const float qb = add->conv_is_a ? o : (float)q;
+                        ym[at] = (eo_act_t)eo_clamp(eo_rne_float(fmaf(qa, add->ratio_a, fmaf(qb, add->ratio_b, add->fixed))),
+                                                    add->qmin, add->qmax);
+                    } else {
+                        ym[at] = (eo_act_t)q;
+                    }
+                }
             }
         }
     }

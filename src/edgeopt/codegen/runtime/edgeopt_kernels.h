@@ -16,11 +16,21 @@ typedef struct {
     int32_t c, h, w;
 } eo_shape3;
 
+/* A residual Add fused into the convolution that feeds it: each requantized output value is
+ * added to `other` at once (ORT's QLinearAdd formula), so the convolution's own output never
+ * needs a buffer; y may be `other` itself (in place). */
+typedef struct {
+    const eo_act_t *other;
+    int32_t conv_is_a;  /* the convolution output is the Add's first operand */
+    float ratio_a, ratio_b, fixed;
+    int32_t qmin, qmax;
+} eo_add_epilogue;
+
 void eo_conv(const eo_act_t *x, eo_shape3 in, int32_t x_zp,
              const int8_t *w, const int32_t *bias, int32_t kh, int32_t kw, int32_t group,
              int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
              eo_act_t *y, eo_shape3 out, const int32_t *mant, const int8_t *expo,
-             int32_t y_zp, int32_t qmin, int32_t qmax);
+             int32_t y_zp, int32_t qmin, int32_t qmax, const eo_add_epilogue *add);
 
 void eo_gemm(const eo_act_t *x, int32_t rows, int32_t k, int32_t n, int32_t x_zp,
              const int8_t *w, const int32_t *bias, eo_act_t *y,
