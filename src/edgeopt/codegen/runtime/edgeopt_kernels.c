@@ -80,6 +80,49 @@ static int32_t eo_clamp(int32_t v, int32_t lo, int32_t hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+static void eo_store(eo_act_t *y, int32_t at, int32_t q, const eo_add_epilogue *add)
+{
+    if (add) {
+        const float o = (float)add->other[at];
+        const float qa = add->conv_is_a ? (float)q : o;
+        const float qb = add->conv_is_a ? o : (float)q;
+        y[at] = (eo_act_t)eo_clamp(eo_rne_float(fmaf(qa, add->ratio_a, fmaf(qb, add->ratio_b, add->fixed))),
+                                   add->qmin, add->qmax);
+    } else {
+        y[at] = (eo_act_t)q;
+    }
+}
+
+/* 1x1 convolution without padding: a dot product over channels per pixel. The input zero point
+ * is folded into the bias (sum over c of (x - zp) * w = sum x * w - zp * sum w). */
+static void eo_conv_pointwise(const eo_act_t *x, eo_shape3 in, int32_t x_zp, const int8_t *w,
+                              const int32_t *bias, int32_t stride_h, int32_t stride_w, eo_act_t *y,
+                              eo_shape3 out, const int32_t *mant, const int8_t *expo, int32_t y_zp,
+                              int32_t qmin, int32_t qmax, const eo_add_epilogue *add)
+{
+    const int32_t hw = in.h * in.w;
+    int32_t m, oy, ox, c;
+    for (m = 0; m < out.c; ++m) {
+        const int8_t *wm = w + m * in.c;
+        int32_t wsum = 0, base;
+        for (c = 0; c < in.c; ++c) wsum += wm[c];
+        base = bias[m] - x_zp * wsum;
+        for (oy = 0; oy < out.h; ++oy) {
+            for (ox = 0; ox < out.w; ++ox) {
+                const eo_act_t *xp = x + oy * stride_h * in.w + ox * stride_w;
+                int32_t acc = base;
+                for (c = 0; c + 4 <= in.c; c += 4) {
+                    acc += (int32_t)xp[0] * wm[c] + (int32_t)xp[hw] * wm[c + 1]
+                         + (int32_t)xp[2 * hw] * wm[c + 2] + (int32_t)xp[3 * hw] * wm[c + 3];
+                    xp += 4 * hw;
+                }
+                for (; c < in.c; ++c) { acc += (int32_t)xp[0] * wm[c]; xp += hw; }
+                eo_store(y, (m * out.h + oy) * out.w + ox, eo_requant(acc, mant[m], expo[m], y_zp, qmin, qmax), add);
+            }
+        }
+    }
+}
+
 void eo_conv(const eo_act_t *x, eo_shape3 in, int32_t x_zp,
              const int8_t *w, const int32_t *bias, int32_t kh, int32_t kw, int32_t group,
              int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
@@ -89,10 +132,16 @@ void eo_conv(const eo_act_t *x, eo_shape3 in, int32_t x_zp,
     const int32_t cin_g = in.c / group;
     const int32_t cout_g = out.c / group;
     int32_t m, oy, ox, c, ky, kx;
+    if (kh == 1 && kw == 1 && pad_top == 0 && pad_left == 0 && group == 1) {
+        eo_conv_pointwise(x, in, x_zp, w, bias, stride_h, stride_w, y, out, mant, expo, y_zp, qmin, qmax, add);
+        return;
+    }
     for (m = 0; m < out.c; ++m) {
         const int32_t g = m / cout_g;
         const int8_t *wm = w + (int32_t)m * cin_g * kh * kw;
-        eo_act_t *ym = y + (int32_t)m * out.h * out.w;
+        int32_t wsum = 0, full_base;
+        for (c = 0; c < cin_g * kh * kw; ++c) wsum += wm[c];
+        full_base = bias[m] - x_zp * wsum; /* a window inside the image: zero point folded */
         for (oy = 0; oy < out.h; ++oy) {
             const int32_t iy0 = oy * stride_h - pad_top;
             const int32_t ky0 = iy0 < 0 ? -iy0 : 0;
@@ -101,31 +150,39 @@ void eo_conv(const eo_act_t *x, eo_shape3 in, int32_t x_zp,
                 const int32_t ix0 = ox * stride_w - pad_left;
                 const int32_t kx0 = ix0 < 0 ? -ix0 : 0;
                 const int32_t kx1 = (ix0 + kw > in.w) ? in.w - ix0 : kw;
-                int32_t acc = 0;
-                for (c = 0; c < cin_g; ++c) {
-                    const eo_act_t *xc = x + (int32_t)(g * cin_g + c) * in.h * in.w;
-                    const int8_t *wc = wm + c * kh * kw;
-                    for (ky = ky0; ky < ky1; ++ky) {
-                        const eo_act_t *xr = xc + (iy0 + ky) * in.w + ix0;
-                        const int8_t *wr = wc + ky * kw;
-                        for (kx = kx0; kx < kx1; ++kx) {
-                            acc += ((int32_t)xr[kx] - x_zp) * (int32_t)wr[kx];
+                int32_t acc;
+                if (ky0 == 0 && kx0 == 0 && ky1 == kh && kx1 == kw) {
+                    acc = full_base;
+                    if (kh == 3 && kw == 3) { /* the common case, unrolled */
+                        const int32_t iw = in.w;
+                        for (c = 0; c < cin_g; ++c) {
+                            const eo_act_t *xr = x + (int32_t)(g * cin_g + c) * in.h * in.w + iy0 * in.w + ix0;
+                            const int8_t *wr = wm + c * 9;
+                            acc += (int32_t)xr[0] * wr[0] + (int32_t)xr[1] * wr[1] + (int32_t)xr[2] * wr[2]
+                                 + (int32_t)xr[iw] * wr[3] + (int32_t)xr[iw + 1] * wr[4] + (int32_t)xr[iw + 2] * wr[5]
+                                 + (int32_t)xr[2 * iw] * wr[6] + (int32_t)xr[2 * iw + 1] * wr[7] + (int32_t)xr[2 * iw + 2] * wr[8];
+                        }
+                    } else {
+                        for (c = 0; c < cin_g; ++c) {
+                            const eo_act_t *xr = x + (int32_t)(g * cin_g + c) * in.h * in.w + iy0 * in.w + ix0;
+                            const int8_t *wr = wm + c * kh * kw;
+                            for (ky = 0; ky < kh; ++ky, xr += in.w, wr += kw)
+                                for (kx = 0; kx < kw; ++kx) acc += (int32_t)xr[kx] * wr[kx];
+                        }
+                    }
+                } else {
+                    acc = bias[m];
+                    for (c = 0; c < cin_g; ++c) {
+                        const eo_act_t *xc = x + (int32_t)(g * cin_g + c) * in.h * in.w;
+                        const int8_t *wc = wm + c * kh * kw;
+                        for (ky = ky0; ky < ky1; ++ky) {
+                            const eo_act_t *xr = xc + (iy0 + ky) * in.w + ix0;
+                            const int8_t *wr = wc + ky * kw;
+                            for (kx = kx0; kx < kx1; ++kx) acc += ((int32_t)xr[kx] - x_zp) * (int32_t)wr[kx];
                         }
                     }
                 }
-                {
-                    const int32_t q = eo_requant(acc + bias[m], mant[m], expo[m], y_zp, qmin, qmax);
-                    const int32_t at = oy * out.w + ox;
-                    if (add) {
-                        const float o = (float)add->other[m * out.h * out.w + at];
-                        const float qa = add->conv_is_a ? (float)q : o;
-                        const float qb = add->conv_is_a ? o : (float)q;
-                        ym[at] = (eo_act_t)eo_clamp(eo_rne_float(fmaf(qa, add->ratio_a, fmaf(qb, add->ratio_b, add->fixed))),
-                                                    add->qmin, add->qmax);
-                    } else {
-                        ym[at] = (eo_act_t)q;
-                    }
-                }
+                eo_store(y, (m * out.h + oy) * out.w + ox, eo_requant(acc, mant[m], expo[m], y_zp, qmin, qmax), add);
             }
         }
     }
