@@ -42,40 +42,6 @@ MODELS = {
 }
 
 
-def log_mel_frames(clips: np.ndarray, sr: int = 16000, n_fft: int = 1024, hop: int = 512, n_mels: int = 128) -> np.ndarray:
-    """MLPerf Tiny AD features (5 consecutive 128-bin log-mel frames, 10*log10 power) from raw clips."""
-    def mel(f):
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    pts = 700.0 * (10 ** (np.linspace(mel(0), mel(sr / 2), n_mels + 2) / 2595.0) - 1)
-    bins = np.floor((n_fft + 1) * pts / sr).astype(int)
-    fb = np.zeros((n_mels, n_fft // 2 + 1))
-    for m in range(1, n_mels + 1):
-        lo, c, hi = bins[m - 1], bins[m], bins[m + 1]
-        fb[m - 1, lo:c] = (np.arange(lo, c) - lo) / max(c - lo, 1)
-        fb[m - 1, c:hi] = (hi - np.arange(c, hi)) / max(hi - c, 1)
-    window = np.hanning(n_fft)
-    rows = []
-    for clip in clips.astype(np.float32) / 32768.0:
-        frames = np.stack([clip[i : i + n_fft] * window for i in range(0, len(clip) - n_fft, hop)])
-        power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-        logmel = 10.0 * np.log10(power @ fb.T + 1e-10)
-        for i in range(0, len(logmel) - 5, 5):
-            rows.append(logmel[i : i + 5].reshape(-1))
-    return np.asarray(rows, np.float32)
-
-
-def calibration(task: str) -> np.ndarray:
-    if task == "ic":
-        return np.load(DATA / "datasets/cifar10_test_first1000.npz")["x"][:500].astype(np.float32)
-    if task == "kws":
-        return np.load(DATA / "datasets/speech_commands_test_v0.02_mlperf_mfcc.npz")["x"][:500]
-    if task == "vww":
-        x = np.load(DATA / "datasets/cifar10_test_first1000.npz")["x"][:500].astype(np.float32) / 255.0
-        return np.repeat(np.repeat(x, 3, axis=1), 3, axis=2)
-    clips = np.load(DATA / "datasets/speech_commands_test_v0.02_10perclass_int16.npz")["audio"]
-    return log_mel_frames(clips)[:500]
-
-
 def tflm_arena(tflite: Path) -> dict:
     """TFLM arena bytes for a .tflite, from the interpreter's recording allocator (run in a child process:
     the figures are printed by C++ on stdout)."""
@@ -97,10 +63,10 @@ def tflm_arena(tflite: Path) -> dict:
 
 def run(task: str, activation: str, target: str) -> dict:
     from edgeopt.codegen import build_and_run, export_c
-    from edgeopt.codegen.quantize_ref import quantize_qdq
+    from edgeopt.codegen.quantize_ref import mlperf_calibration, quantize_qdq
 
     onnx_rel, tflite_rel = MODELS[task]
-    calib = calibration(task)
+    calib = mlperf_calibration(task, DATA)
     with tempfile.TemporaryDirectory(prefix=f"edgeopt-bench-{task}-") as tmp:
         q = Path(tmp) / "model_int8.onnx"
         quantize_qdq(DATA / onnx_rel, calib, activation=activation, out_path=q)

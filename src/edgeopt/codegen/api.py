@@ -114,8 +114,9 @@ def reference_int8(proto, lowered: LoweredModel, x: np.ndarray, *, batch: int = 
 def _verification_inputs(lowered: LoweredModel, samples: np.ndarray | None, seed: int = 0) -> np.ndarray:
     if samples is not None:
         x = np.asarray(samples, np.float32)
-        if x.reshape(len(x), -1).shape[1] != lowered.input.size:
-            raise DataError(f"verification samples have {x[0].size} values each; the model input has {lowered.input.size}")
+        if len(x) == 0 or x[0].size != lowered.input.size:
+            raise DataError(f"verification samples must be a non-empty array of model inputs with {lowered.input.size} "
+                            f"values each; got shape {tuple(x.shape)}")
         return x
     # without data: inputs spread over the whole quantized input range
     rng = np.random.default_rng(seed)

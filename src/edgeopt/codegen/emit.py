@@ -325,6 +325,7 @@ void {model_name}_run(const eo_act_t *input, eo_act_t *output);
 def memory_report(gen: Generated) -> dict:
     """The memory.json content: arena and constant bytes, the plan per buffer and tensor, the peak op."""
     model, plan = gen.lowered, gen.plan
+    buffer_of = {t: b for b in plan.buffers for t in b.tensors}
     op_names = [f"{op.kind} {op.name}" for op in model.ops]
     return {
         "arena_bytes": plan.arena_bytes,
@@ -337,8 +338,9 @@ def memory_report(gen: Generated) -> dict:
         "output": {"shape": list(model.output.shape), "scale": float(model.output.scale), "zero_point": model.output.zero_point},
         "buffers": [b.to_dict() for b in plan.buffers],
         "tensors": [
-            {"name": t, "offset": gen.tensor_offsets[t], "size": model.tensors[t].size}
-            for t in model.tensors if t in gen.tensor_offsets
+            {"name": t, "offset": gen.tensor_offsets[t], "size": model.tensors[t].size,
+             "buffer": buffer_of[t].name, "first_op": buffer_of[t].first, "last_op": buffer_of[t].last}
+            for t in model.tensors if t in buffer_of
         ],
         "ops": op_names,
     }

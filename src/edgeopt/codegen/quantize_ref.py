@@ -49,3 +49,44 @@ def quantize_qdq(model_path: str | os.PathLike, calib_inputs: np.ndarray, *, act
 
         write_bytes_atomic(out_path, data)
     return data
+
+
+def log_mel_frames(clips: np.ndarray, sr: int = 16000, n_fft: int = 1024, hop: int = 512, n_mels: int = 128) -> np.ndarray:
+    """MLPerf Tiny AD features (5 consecutive 128-bin log-mel frames, 10*log10 power) from raw clips."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    pts = 700.0 * (10 ** (np.linspace(mel(0), mel(sr / 2), n_mels + 2) / 2595.0) - 1)
+    bins = np.floor((n_fft + 1) * pts / sr).astype(int)
+    fb = np.zeros((n_mels, n_fft // 2 + 1))
+    for m in range(1, n_mels + 1):
+        lo, c, hi = bins[m - 1], bins[m], bins[m + 1]
+        fb[m - 1, lo:c] = (np.arange(lo, c) - lo) / max(c - lo, 1)
+        fb[m - 1, c:hi] = (hi - np.arange(c, hi)) / max(hi - c, 1)
+    window = np.hanning(n_fft)
+    rows = []
+    for clip in clips.astype(np.float32) / 32768.0:
+        frames = np.stack([clip[i : i + n_fft] * window for i in range(0, len(clip) - n_fft, hop)])
+        power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+        logmel = 10.0 * np.log10(power @ fb.T + 1e-10)
+        for i in range(0, len(logmel) - 5, 5):
+            rows.append(logmel[i : i + 5].reshape(-1))
+    return np.asarray(rows, np.float32)
+
+
+def mlperf_calibration(task: str, data_root: str | os.PathLike) -> np.ndarray:
+    """Calibration rows 0-499 for the MLPerf Tiny models from the shared data (see DATA.md).
+
+    IC: CIFAR-10 test rows; KWS: Speech Commands MFCC rows. VWW and AD ship no data: VWW uses the
+    CIFAR rows upsampled to 96x96 (real photos, RGB/255); AD uses log-mel frames of the 120 raw
+    Speech Commands clips (real audio, not machine sounds).
+    """
+    DATA = Path(data_root)
+    if task == "ic":
+        return np.load(DATA / "datasets/cifar10_test_first1000.npz")["x"][:500].astype(np.float32)
+    if task == "kws":
+        return np.load(DATA / "datasets/speech_commands_test_v0.02_mlperf_mfcc.npz")["x"][:500]
+    if task == "vww":
+        x = np.load(DATA / "datasets/cifar10_test_first1000.npz")["x"][:500].astype(np.float32) / 255.0
+        return np.repeat(np.repeat(x, 3, axis=1), 3, axis=2)
+    clips = np.load(DATA / "datasets/speech_commands_test_v0.02_10perclass_int16.npz")["audio"]
+    return log_mel_frames(clips)[:500]
