@@ -100,7 +100,7 @@ def main() -> None:
     for task in args.models:
         rows.append(run(task, args.activation, args.target))
         print(json.dumps(rows[-1]), flush=True)
-    header = ("model", "flash B", ".tflite B", "flash/tflite", "arena B", "TFLM arena B", "arena ratio", "instructions (M4)")
+    header = ("model", "flash B", ".tflite B", "flash/tflite", "arena B", "TFLM arena B", "arena ratio", f"instructions ({args.target})")
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

@@ -237,10 +237,9 @@ def lower(proto) -> LoweredModel:
             continue
         if op in ("Relu", "Clip") and id(node) in skip:
             continue
-        signed = (not signed_flags) or (True in signed_flags)
-        qnode, clamp = out_q(node) if op not in ("Relu", "Clip") else out_q_standalone(node, consumers)
-        if op in ("Relu", "Clip"):
-            clamp = None
+        signed = True in signed_flags  # set by the input's QuantizeLinear
+        # a standalone Relu/Clip (its input is a dequantized activation) becomes a lookup table
+        qnode, clamp = out_q(node) if op not in ("Relu", "Clip") else (out_q_standalone(node, consumers), None)
         y_scale, y_zp = qparams(qnode)
         out_name = qnode.output[0]
         out_shape = shapes.get(out_name) or shapes.get(node.output[0])
@@ -248,9 +247,7 @@ def lower(proto) -> LoweredModel:
             raise UnsupportedModelError(f"{_node_label(node)}: output shape unknown; run onnx shape inference on the model")
         out_shape = tuple(max(int(d), 1) for d in out_shape)
         qmin, qmax = clamp_range(y_scale, y_zp, clamp, signed)
-        if op in ("Relu", "Clip") and id(node) not in skip:
-            pass
-        # mark the fused activation consumed
+        # a Relu/Clip fused into this op's clamp is not an op of its own
         for u in consumers.get(node.output[0], []):
             if u.op_type in ("Relu", "Clip") and u is not qnode:
                 skip.add(id(u))
@@ -318,7 +315,7 @@ def lower(proto) -> LoweredModel:
                     if c is None or c[1].size != 1:
                         raise UnsupportedModelError(f"{_node_label(node)}: operand {name!r} must be an activation or a per-tensor quantized constant")
                     cname = f"{out_name}:const{len(consts)}"
-                    ct = new_tensor(cname, c[0].shape, c[1].reshape(-1)[0], int(c[2].reshape(-1)[0]))
+                    new_tensor(cname, c[0].shape, c[1].reshape(-1)[0], int(c[2].reshape(-1)[0]))
                     ins.append(cname)
                     consts.append(c[0])
             b_shape = tensors[ins[1]].shape
@@ -382,7 +379,7 @@ def out_q_standalone(node, consumers):
     users = consumers.get(node.output[0], [])
     if len(users) != 1 or users[0].op_type != "QuantizeLinear":
         raise UnsupportedModelError(f"{_node_label(node)} output is not followed by one QuantizeLinear")
-    return users[0], None
+    return users[0]
 
 
 def _emit_layout(node, x, out_name, out_shape, tensors, ops, new_tensor, inits, scale, zp):
