@@ -13,6 +13,8 @@ def test_export_c_json(kws_q_int8, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["arena_bytes"] == 16000
     assert result["verification"]["max_abs_lsb"] == 0
+    # the Cortex-M firmware was linked and measured during the export
+    assert result["firmware"]["measured"] and result["firmware"]["flash_bytes"] > 23_000
     assert (out / "model.c").is_file() and (out / "memory.json").is_file()
 
 

@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         table.add_row("arena (RAM) bytes", f"{result.arena_bytes:,}")
         table.add_row("weights + constants bytes", f"{result.constants_bytes:,}")
         table.add_row("peak set by", str(result.peak_op))
+        if result.firmware.get("measured"):
+            table.add_row(f"firmware flash bytes ({result.target})", f"{result.firmware['flash_bytes']:,}")
+            table.add_row(f"firmware static RAM bytes ({result.target})", f"{result.firmware['ram_bytes']:,}")
         v = result.verification
         if v:
             table.add_row("vs ONNX Runtime int8", f"max {v['max_abs_lsb']} LSB, {v['bit_exact_samples']}/{v['samples']} samples bit-exact")

@@ -35,11 +35,12 @@ class CExport:
     peak_op: str | None
     files: list[str]
     verification: dict = field(default_factory=dict)
+    firmware: dict = field(default_factory=dict)  # arm-none-eabi-size figures (Cortex-M targets)
 
     def to_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "target": self.target, "arena_bytes": self.arena_bytes,
                 "constants_bytes": self.constants_bytes, "peak_op": self.peak_op, "files": self.files,
-                "verification": self.verification}
+                "verification": self.verification, "firmware": self.firmware}
 
 
 def _proto(model: Any):
@@ -168,12 +169,29 @@ def export_c(model: Any, out_dir: str | os.PathLike, *, target: str = "cortex-m4
                 f"generated C deviates from ONNX Runtime by up to {verification['max_abs_lsb']} LSB "
                 f"(tolerance {TOLERANCE_LSB}) on {verification['samples']} samples; nothing was written")
         report["verification"] = verification
+    if target != "host":
+        report["firmware"] = _firmware_size(gen.files, target)
     out = Path(out_dir)
     for name, text in gen.files.items():
         write_text_atomic(out / name, text)
     write_text_atomic(out / "memory.json", json.dumps(report, indent=2) + "\n")
     return CExport(out, target, gen.plan.arena_bytes, gen.flash_const_bytes, report["peak_op"],
-                   sorted([*gen.files, "memory.json"]), verification)
+                   sorted([*gen.files, "memory.json"]), verification, report.get("firmware", {}))
+
+
+def _firmware_size(files: dict[str, str], target: str) -> dict:
+    """Flash/RAM of the firmware from arm-none-eabi-size, when the cross compiler is installed."""
+    import shutil
+
+    from .toolchain import build_cortex_m
+
+    if shutil.which("arm-none-eabi-gcc") is None:
+        return {"measured": False, "reason": "arm-none-eabi-gcc is not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)"}
+    with tempfile.TemporaryDirectory(prefix="edgeopt-fw-") as tmp:
+        for name, text in files.items():
+            Path(tmp, name).write_text(text, encoding="utf-8")
+        _, size = build_cortex_m(Path(tmp), Path(tmp), target)
+    return {"measured": True, "note": "whole test firmware (model, kernels, startup, harness); stack not included", **size}
 
 
 def _read_memory(out_dir: Path) -> dict:
