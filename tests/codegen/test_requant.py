@@ -14,11 +14,11 @@ DRIVER = r"""
 #include <stdlib.h>
 #include "edgeopt_kernels.h"
 int main(void) {
-    static int32_t bias[N], mant[N]; static int8_t expo[N]; static int8_t out[N];
-    int8_t x = 0, w = 1; int i; long b, m, e;
+    static int32_t bias[N], mant[N]; static int8_t expo[N], out[N], w[N];
+    int8_t x = 0; int i; long b, m, e;
     for (i = 0; i < N; ++i) { if (scanf("%ld %ld %ld", &b, &m, &e) != 3) return 2;
-        bias[i] = (int32_t)b; mant[i] = (int32_t)m; expo[i] = (int8_t)e; }
-    eo_gemm(&x, 1, 1, N, 0, &w, bias, out, mant, expo, -3, -128, 127);  /* y = requant(bias) */
+        bias[i] = (int32_t)b; mant[i] = (int32_t)m; expo[i] = (int8_t)e; w[i] = 1; }
+    eo_gemm(&x, 1, 1, N, 0, w, bias, out, mant, expo, -3, -128, 127);  /* x = 0: y = requant(bias) */
     for (i = 0; i < N; ++i) printf("%d\n", out[i]);
     return 0;
 }
@@ -40,7 +40,8 @@ def test_requantization_matches_float32_reference(tmp_path):
     (tmp_path / "model_config.h").write_text("#define EO_ACT_SIGNED 1\n")
     (tmp_path / "driver.c").write_text(DRIVER)
     exe = tmp_path / "driver"
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-ffp-contract=off", f"-DN={n}",
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-ffp-contract=off", f"-DN={n}",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                     "-I", str(tmp_path), "-I", str(src), str(tmp_path / "driver.c"), str(src / "edgeopt_kernels.c"),
                     "-o", str(exe), "-lm"], check=True)
     stdin = "\n".join(f"{a} {m} {e}" for a, m, e in zip(acc, mant, expo))

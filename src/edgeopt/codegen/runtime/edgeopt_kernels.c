@@ -17,10 +17,14 @@
 
 static int32_t eo_bitlen64(uint64_t u)
 {
+#if defined(__GNUC__)
+    return u ? 64 - __builtin_clzll(u) : 0; /* one CLZ per word on Cortex-M */
+#else
     int32_t n = 0;
     while (u >= 65536u) { u >>= 16; n += 16; }
     while (u) { u >>= 1; n += 1; }
     return n;
+#endif
 }
 
 /* round u / 2^k to nearest, ties to even (k >= 1) */
@@ -297,7 +301,7 @@ void eo_softmax(const eo_act_t *x, eo_act_t *y, int32_t rows, int32_t depth, con
 {
     /* ORT QLinearSoftmax: exp lookup table aligned so the row maximum maps to the top entry,
      * float sum, float divide, round to nearest. (ORT's int8 variant wraps a result of 128 to
-     * -128; we saturate instead: see the README of the export.) */
+     * -128; we saturate instead; see docs/codegen.md.) */
     int32_t r, i;
     for (r = 0; r < rows; ++r) {
         const eo_act_t *xr = x + r * depth;
