@@ -285,6 +285,12 @@ def optimize(
         raise DataError(f"metric {spec.name!r} needs labels but data {dataset.name!r} has none "
                         f"(no {y_key!r} array); use --metric agreement to optimize for fidelity to the original model")
     dataset = fit_to_model(dataset, handle)
+    from .passes.quantize_int8 import quantizable_nodes
+
+    if not quantizable_nodes(handle.proto()) and set(chosen_techniques) <= {"int8", "mixed", "int4", "fp16"}:
+        raise UnsupportedModelError(
+            f"model {handle.name!r} has no Conv/Gemm/MatMul layer with constant weights: there is nothing to quantize "
+            "(its ops: " + ", ".join(sorted({n.op_type for n in handle.proto().graph.node})) + "); nothing was written")
     split_spec = parse_split_spec(splits) if isinstance(splits, str) else dict(splits or {})
     if not split_spec:
         half = len(dataset) // 2
@@ -626,3 +632,49 @@ def _report_data(handle, source_path, baseline, candidates, best, sensitivity, s
         },
         "seconds": round(seconds, 1),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Replaying a recipe (edgeopt apply)
+# ------------------------------------------------------------------------------------------------
+
+def replay(model: Any, recipe: Any, data: Any = None, *, x_key: str | None = None, y_key: str | None = None):
+    """Re-run a saved recipe on ``model`` with the same calibration rows and seed; returns the ModelHandle.
+
+    The data is split with the row ranges stored in the recipe, so the same file gives the same
+    calibration rows and therefore the same model, byte for byte.
+    """
+    from .data import Dataset, fit_to_model, load_data, split
+    from .model import load
+    from .passes import PassContext
+    from .recipe import Recipe
+
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    handle = load(model)
+    record = dict(recipe.data or {})
+    splits = {k: tuple(v) for k, v in (record.get("splits") or {}).items()}
+    needs_data = any("calib" in p.requires for p in recipe.passes)
+    calib = None
+    if needs_data:
+        if data is None:
+            raise DataError(f"this recipe calibrates on rows {splits.get('calib')} of {record.get('source')!r}; pass --data with that file")
+        dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key or record.get("x_key") or "x",
+                                                                   y_key=y_key if y_key is not None else record.get("y_key"))
+        dataset = fit_to_model(dataset, handle)
+        if "calib" not in splits:
+            raise ConfigError("the recipe records no calibration rows (data.splits.calib); it was not written by edgeopt optimize")
+        if splits["calib"][1] > len(dataset):
+            raise DataError(f"the recipe calibrates on rows {list(splits['calib'])} but the data has only {len(dataset)} rows; "
+                            f"is this the same file as {record.get('source')!r}?")
+        calib = split(dataset, {"calib": splits["calib"]})["calib"]
+    ctx = PassContext(calib=calib, tune=calib, seed=recipe.seed)
+    rng_state = np.random.get_state()
+    np.random.seed(recipe.seed)
+    try:
+        out, _ = recipe.apply(handle, ctx)
+    finally:
+        np.random.set_state(rng_state)
+    fresh = out.run(out.example_inputs(batch=1))
+    if not all(np.all(np.isfinite(o)) for o in fresh):
+        raise VerificationError("the replayed model produces non-finite outputs; not written")
+    return out

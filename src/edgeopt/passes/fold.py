@@ -8,7 +8,6 @@ so the quantizer later sees the graph it expects. The result must equal the orig
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -42,8 +41,9 @@ class Fold(Pass):
 
         proto = model.proto()
         before = _op_counts(proto)
-        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-        with tempfile.TemporaryDirectory(prefix="edgeopt-fold-") as tmp:
+        from ..quant import quiet
+
+        with tempfile.TemporaryDirectory(prefix="edgeopt-fold-") as tmp, quiet():
             out = Path(tmp) / "folded.onnx"
             try:
                 quant_pre_process(proto, out, skip_symbolic_shape=not self.symbolic_shapes)

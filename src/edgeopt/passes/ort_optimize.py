@@ -8,7 +8,6 @@ optimized at that level is only valid on the machine that wrote it.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -35,7 +34,6 @@ class OrtOptimize(Pass):
 
         levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
-        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
         with tempfile.TemporaryDirectory(prefix="edgeopt-ortopt-") as tmp:
             out = Path(tmp) / "optimized.onnx"
             so = ort.SessionOptions()

@@ -19,7 +19,7 @@ class QuantizeFp16(Pass):
 
     def __init__(self, *, keep_io_types: bool = True, op_block_list: tuple | list = ()):
         self.keep_io_types = keep_io_types
-        self.op_block_list = op_block_list
+        self.op_block_list = list(op_block_list) if not isinstance(op_block_list, str) else op_block_list
 
     @classmethod
     def search_space(cls):

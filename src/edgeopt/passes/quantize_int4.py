@@ -11,6 +11,37 @@ from ..errors import ConfigError, UnsupportedModelError
 from .base import Choice, IntRange, Pass, PassContext, PassResult
 
 
+def gemm_to_matmul(proto) -> int:
+    """Rewrite plain Gemm layers (constant 2-D weight, alpha=beta=1, no transA) as MatMul + Add.
+
+    ORT's MatMulNBits quantizer only converts MatMul, but exporters (PyTorch's Linear, ORT's own
+    MatMul+Add fusion) emit Gemm; the rewrite is exact. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    new_nodes, count = [], 0
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or len(inits[node.input[1]].dims) != 2):
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T.copy()
+        w_name = node.input[1] + "_matmul"
+        proto.graph.initializer.append(numpy_helper.from_array(w, w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + "_mm" if has_bias else node.output[0]
+        new_nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=(node.name or f"gemm{count}") + "_matmul"))
+        if has_bias:
+            new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=(node.name or f"gemm{count}") + "_bias"))
+        count += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(new_nodes)
+    return count
+
+
 def eligible_matmuls(proto, block_size: int, min_weight_elements: int) -> tuple[list[str], int]:
     """Names of MatMul nodes with a constant 2-D weight big enough, and the largest weight seen."""
     from onnx import numpy_helper
@@ -55,6 +86,7 @@ class QuantizeInt4(Pass):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer, RTNWeightOnlyQuantConfig
 
         proto = model.proto()
+        rewritten = gemm_to_matmul(proto)
         names, largest = eligible_matmuls(proto, self.block_size, self.min_weight_elements)
         if not names:
             raise UnsupportedModelError(
@@ -64,6 +96,12 @@ class QuantizeInt4(Pass):
         config = RTNWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
         quantizer = MatMulNBitsQuantizer(proto, block_size=self.block_size, is_symmetric=self.symmetric,
                                          nodes_to_exclude=sorted(all_matmuls - set(names)), algo_config=config)
-        quantizer.process()
+        from ..quant import quiet
+
+        with quiet():
+            quantizer.process()
         out = quantizer.model.model
-        return PassResult(model.derive(out, self.record()), {"quantized_matmuls": names, "largest_weight_elements": largest})
+        from ..quant.compact import compact as compact_graph
+
+        compact_graph(out)
+        return PassResult(model.derive(out, self.record()), {"quantized_matmuls": names, "largest_weight_elements": largest, "gemm_rewritten": rewritten})

@@ -11,7 +11,6 @@ per-layer sensitivity). The output graph is compacted (see :mod:`edgeopt.quant.c
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -66,7 +65,8 @@ class QuantizeInt8(Pass):
         self.per_channel = per_channel
         self.activations = activations
         self.format = format
-        self.exclude_nodes = exclude_nodes
+        # a list, as it reads back from recipe YAML (a tuple would not compare equal after the round trip)
+        self.exclude_nodes = list(exclude_nodes) if not isinstance(exclude_nodes, str) else exclude_nodes
         self.compact = compact
 
     @classmethod
@@ -116,9 +116,9 @@ class QuantizeInt8(Pass):
         cache = calibration.cache_path(ctx.options.get("calibration_cache_dir"), model.onnx_bytes, x,
                                        method=self.calibration, percentile=float(self.percentile))
         ctx.report(f"int8: calibrating on {len(x)} rows ({self.calibration})", 0.1)
-        for name in ("onnxruntime", "root"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp:
+        from ..quant import quiet
+
+        with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp, quiet():
             out = Path(tmp) / "int8.onnx"
             quantize_static(
                 proto, out, reader,
