@@ -217,7 +217,7 @@ def main() -> None:
             continue
         table.add_row(r["task"], r["method"], f"{100 * r['top1']:.2f}%", f"{r['drop_pt']:+.2f}", f"{r['bytes']:,}",
                       f"{r['size_ratio']:.3f}", f"{r['latency_ratio']:.3f}", "—" if r["spread"] is None else f"{r['spread']:.2f}")
-    Console().print(table)
+    Console(width=170).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from edgeopt._io import write_text_atomic

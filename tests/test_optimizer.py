@@ -126,3 +126,21 @@ def test_issue_bar(task, resnet8_path, cifar_path, dscnn_path, kws_data_path, tm
     assert -best.drop_eval.value <= 0.005
     assert best.size_ratio <= 0.30
     assert best.latency_ratio <= (0.50 if task == "ic" else 0.75)
+
+
+def cifar_as_vww_inputs(cifar_x: np.ndarray) -> np.ndarray:
+    """VWW ships no labelled data: CIFAR-10 test images resized to 96x96 (bilinear), RGB / 255, NHWC."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((96, 96), Image.BILINEAR), dtype=np.float32) / 255.0
+                     for im in cifar_x])
+
+
+@pytest.mark.slow
+def test_vww_fidelity_without_labels(vww_path, cifar, tmp_path):
+    """MobileNetV1 VWW quantized with top-1 agreement >= 99% vs fp32 (--metric agreement, no labels)."""
+    x = cifar_as_vww_inputs(cifar.x)
+    result = edgeopt.optimize(vww_path, data=x, metric="agreement", max_drop=0.01, splits="calib=0:500,eval=500:",
+                              goal="size", progress=False, out=tmp_path / "out")
+    assert result.best.eval.value >= 0.99
+    assert result.best.size_ratio < 0.35

@@ -33,6 +33,8 @@ GOALS = ("latency", "size")
 DEFAULT_TECHNIQUES = ("int8", "fp16", "int4", "mixed")
 # Per-layer sensitivity runs on at most this many tuning rows: it ranks layers, it is not the verdict.
 SENSITIVITY_ROWS = 256
+# Relative latency difference treated as a tie when choosing (then the smaller model wins).
+LATENCY_TIE = 0.05
 
 
 @dataclass
@@ -375,6 +377,12 @@ def optimize(
                 ("int8-qoperator", "int8", [fold, make_pass("quantize.int8", {**int8_default, "format": "qoperator"})]),
                 ("int8-ort-fused", "int8", [fold, make_pass("quantize.int8", int8_default), make_pass("ort.optimize")]),
             ]
+        if "int8" in chosen_techniques:
+            plans.append(("int8-bias-corrected", "int8",
+                          [fold, make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
+            if _has_depthwise(handle.proto()):
+                plans.append(("int8-cle-bias-corrected", "int8",
+                              [fold, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
         if "fp16" in chosen_techniques:
             plans.append(("fp16", "fp16", [fold, make_pass("quantize.fp16")]))
         if "int4" in chosen_techniques:
@@ -520,11 +528,17 @@ def _choose(candidates: list[Candidate], max_drop: float, goal: str) -> Candidat
         eligible.append(c)
     if not eligible:
         return None
-    key = (lambda c: (c.latency_ratio, c.size_bytes)) if goal == "latency" else (lambda c: (c.size_bytes, c.latency_ratio))
-    eligible.sort(key=key)
+    if goal == "latency":
+        # Latencies within LATENCY_TIE of the fastest are one measurement apart, not a real difference
+        # (round medians on a shared VM drift by more): among those, the smaller file wins.
+        fastest = min(c.latency_ratio for c in eligible)
+        eligible.sort(key=lambda c: (c.latency_ratio > fastest * (1 + LATENCY_TIE), c.size_bytes, c.latency_ratio))
+    else:
+        eligible.sort(key=lambda c: (c.size_bytes, c.latency_ratio))
     best = eligible[0]
-    best.status, best.reason = "chosen", f"fastest candidate within the budget ({goal} goal)" if goal == "latency" else \
-        "smallest candidate within the budget (size goal)"
+    best.status, best.reason = "chosen", (
+        f"fastest within the budget (smallest of those within {LATENCY_TIE:.0%} of the fastest latency)" if goal == "latency"
+        else "smallest candidate within the budget (size goal)")
     for c in eligible[1:]:
         c.reason = f"within the budget but {'slower' if goal == 'latency' else 'larger'} than {best.name}"
     return best
@@ -559,6 +573,13 @@ def _thin_input_layers(proto) -> list[str]:
         if src in graph_inputs:
             out.append(node.name)
     return out
+
+
+def _has_depthwise(proto) -> bool:
+    from onnx import helper
+
+    return any(n.op_type == "Conv" and any(a.name == "group" and helper.get_attribute_value(a) > 1 for a in n.attribute)
+               for n in proto.graph.node)
 
 
 def _baseline_size(handle, source_path: str | None) -> int:

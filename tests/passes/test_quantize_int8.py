@@ -84,3 +84,19 @@ def test_excluding_every_layer_is_a_config_error(dscnn, kws_data):
     layers = quantizable_nodes(dscnn.proto())
     with pytest.raises(ConfigError, match="every weighted layer"):
         make_pass("quantize.int8", {"exclude_nodes": layers})(dscnn, kws_ctx(kws_data, 8))
+
+
+def test_bias_correction_brings_quantized_layer_means_back(dscnn, kws_data):
+    """Sequential empirical bias correction: held-out fidelity (SQNR vs fp32) must not get worse."""
+    from edgeopt.evaluation import fidelity
+
+    ctx = kws_ctx(kws_data, 128)
+    folded = make_pass("fold")(dscnn, ctx).model
+    plain = make_pass("quantize.int8", {"samples": 128})(folded, ctx).model
+    corrected = make_pass("quantize.int8", {"samples": 128, "bias_correction": True})(folded, ctx)
+    assert corrected.stats["bias_corrected_layers"] >= 9
+    held_out = kws_data.x[2000:2600]
+    ref = dscnn.predict(held_out)[0]
+    sqnr_plain = fidelity(plain.predict(held_out)[0], ref)["sqnr_db"]
+    sqnr_corrected = fidelity(corrected.model.predict(held_out)[0], ref)["sqnr_db"]
+    assert sqnr_corrected >= sqnr_plain - 0.5

@@ -58,6 +58,7 @@ class QuantizeInt8(Pass):
         format: str = "qdq",
         exclude_nodes: tuple | list = (),
         compact: bool = True,
+        bias_correction: bool = False,
     ):
         self.calibration = calibration
         self.samples = samples
@@ -68,6 +69,7 @@ class QuantizeInt8(Pass):
         # a list, as it reads back from recipe YAML (a tuple would not compare equal after the round trip)
         self.exclude_nodes = list(exclude_nodes) if not isinstance(exclude_nodes, str) else exclude_nodes
         self.compact = compact
+        self.bias_correction = bias_correction
 
     @classmethod
     def search_space(cls):
@@ -78,6 +80,7 @@ class QuantizeInt8(Pass):
             "per_channel": Choice((True, False)),
             "activations": Choice(("auto", "u8", "s8")),
             "format": Choice(("qdq", "qoperator")),
+            "bias_correction": Choice((False, True)),
         }
 
     def validate(self) -> None:
@@ -88,8 +91,9 @@ class QuantizeInt8(Pass):
             raise ConfigError(f"quantize.int8: parameter 'percentile' must be in (50, 100); got {self.percentile!r}")
         if isinstance(self.exclude_nodes, str) or not all(isinstance(n, str) for n in self.exclude_nodes):
             raise ConfigError(f"quantize.int8: parameter 'exclude_nodes' must be a list of node names; got {self.exclude_nodes!r}")
-        if not isinstance(self.per_channel, bool) or not isinstance(self.compact, bool):
-            raise ConfigError("quantize.int8: parameters 'per_channel' and 'compact' must be true or false")
+        for flag in ("per_channel", "compact", "bias_correction"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"quantize.int8: parameter {flag!r} must be true or false; got {getattr(self, flag)!r}")
 
     def run(self, model, ctx: PassContext) -> PassResult:
         import onnx
@@ -135,6 +139,13 @@ class QuantizeInt8(Pass):
         stats = {"activations": act, "weights": "s8", "calibration_rows": list(rows) if rows else [0, len(x)],
                  "quantized_layers": [n for n in candidates if n not in excluded],
                  "float_layers": [n for n in candidates if n in excluded]}
+        if self.bias_correction:
+            if self.format != "qdq":
+                raise ConfigError("quantize.int8: bias_correction edits the float biases of the QDQ form; use format='qdq'")
+            from ..quant.bias_correction import correct_biases
+
+            ctx.report("int8: bias correction", 0.8)
+            stats["bias_corrected_layers"] = correct_biases(quantized, model, x)
         if self.compact:
             stats["compaction"] = compact_graph(quantized)
         return PassResult(model.derive(quantized, self.record()), stats)
