@@ -11,14 +11,33 @@ from __future__ import annotations
 import hashlib
 
 
+_DIGITS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
 def _short(i: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    """0 -> 'a', 61 -> '9', 62 -> 'ab', ...: every edge name costs one or two bytes."""
     s = ""
     while True:
-        i, r = divmod(i, 36)
-        s = digits[r] + s
+        i, r = divmod(i, len(_DIGITS))
+        s += _DIGITS[r]
         if i == 0:
-            return "t" + s
+            return s
+
+
+# Attribute values that equal the ONNX default for every conv-like op; storing them costs bytes only.
+_CONV_OPS = ("Conv", "QLinearConv", "ConvInteger", "NhwcConv")
+
+
+def _is_default(attr) -> bool:
+    if attr.name in ("dilations", "strides"):
+        return len(attr.ints) > 0 and all(v == 1 for v in attr.ints)
+    if attr.name == "pads":
+        return len(attr.ints) > 0 and all(v == 0 for v in attr.ints)
+    if attr.name == "group":
+        return attr.i == 1
+    if attr.name == "auto_pad":
+        return attr.s in (b"NOTSET", b"")
+    return False
 
 
 def _tensor_key(t) -> bytes:
@@ -80,9 +99,15 @@ def compact(proto, *, rename: bool = True) -> dict:
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
 
     # 4. names: keep I/O names, shorten the rest, drop node names and docs
+    graph.name = "g"
     for node in graph.node:
         node.doc_string = ""
         node.name = ""
+        if node.op_type in _CONV_OPS:
+            kept = [a for a in node.attribute if not _is_default(a)]
+            if len(kept) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(kept)
     # control-flow subgraphs refer to outer names implicitly; renaming them is not worth the risk
     has_subgraphs = any(a.type in (5, 10) for node in graph.node for a in node.attribute)  # GRAPH, GRAPHS
     if rename and not has_subgraphs:
@@ -96,7 +121,11 @@ def compact(proto, *, rename: bool = True) -> dict:
             if old == "" or old in fixed:
                 return old
             if old not in mapping:
-                mapping[old] = _short(counter)
+                candidate = _short(counter)
+                while candidate in fixed:
+                    counter += 1
+                    candidate = _short(counter)
+                mapping[old] = candidate
                 counter += 1
             return mapping[old]
 
