@@ -12,9 +12,9 @@ same drift, and the best round's median is the least disturbed estimate of what 
 The spread (slowest / fastest round median) says how much to trust a comparison.
 
 One module per runtime (``ort.py``, ``ov.py``), found by file name; each defines ``NAME``,
-``PRECISIONS``, ``import_runtime() -> version`` (untimed) and
-``load(path, threads=, precision=, feeds=) -> (run, precision_used)`` (timed). Nothing heavy is imported at the top of this package: the worker imports
-it before measuring its memory baseline.
+``PACKAGE``, ``EXTRA``, ``PRECISIONS``, ``import_runtime() -> version`` (untimed) and
+``load(path, threads=, precision=, feeds=) -> (run, precision_used)`` (timed). Nothing heavy is
+imported at the top of this package: the worker imports it before taking its memory baseline.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError, EdgeOptError, UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 
 __all__ = ["benchmark", "measure_inprocess", "runtimes", "BenchResult", "BenchReport"]
 
@@ -155,7 +155,7 @@ class BenchReport:
         }
 
     def table(self, title: str | None = None):
-        """A rich Table of the results side by side, with ratios against the first model."""
+        """A rich Table with one column per model (side by side) and ratios against the first model."""
         from rich.table import Table
 
         s = self.settings
@@ -163,23 +163,29 @@ class BenchReport:
             f"{s.get('runtime', '')}, {s.get('threads', '?')} thread(s), batch {s.get('batch', '?')}, "
             f"best of {s.get('rounds', '?')} rounds x {s.get('iterations', '?')} runs"
         ))
-        for col in ("model", "precision", "p50 ms", "p90 ms", "p99 ms", "spread", "load ms", "peak RSS MiB",
-                    "RSS +MiB", "size KiB"):
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for r, q in zip(self.results, self.ratios()):
-            def rel(value: str, x: float, first: bool = r is self.results[0]) -> str:
-                return value if first else f"{value} (x{x:.2f})"
+        table.add_column("")
+        for r in self.results:
+            table.add_column(r.name, justify="right")
+        ratios = self.ratios()
 
-            table.add_row(
-                r.name, r.precision,
-                rel(f"{r.latency_ms['p50']:.3f}", q["latency"]),
-                f"{r.latency_ms['p90']:.3f}", f"{r.latency_ms['p99']:.3f}",
-                f"{r.spread:.2f}",
-                rel(f"{r.load_ms:.1f}", q["load"]),
-                rel(f"{r.peak_rss_bytes / 2**20:.1f}", q["memory"]),
-                f"{r.rss_increase_bytes / 2**20:.1f}",
-                rel(f"{r.size_bytes / 1024:.1f}", q["size"]),
-            )
+        def row(label: str, fmt: Callable[[BenchResult], str], ratio_key: str | None = None) -> None:
+            cells = []
+            for i, (r, q) in enumerate(zip(self.results, ratios)):
+                cell = fmt(r)
+                if ratio_key and i > 0:
+                    cell += f" (x{q[ratio_key]:.2f})"
+                cells.append(cell)
+            table.add_row(label, *cells)
+
+        row("precision", lambda r: r.precision)
+        row("p50 ms (best round)", lambda r: f"{r.latency_ms['p50']:.3f}", "latency")
+        row("p90 ms", lambda r: f"{r.latency_ms['p90']:.3f}")
+        row("p99 ms", lambda r: f"{r.latency_ms['p99']:.3f}")
+        row("spread of round medians", lambda r: f"x{r.spread:.2f}")
+        row("load ms", lambda r: f"{r.load_ms:.1f}", "load")
+        row("peak RSS MiB", lambda r: f"{r.peak_rss_bytes / 2**20:.1f}", "memory")
+        row("RSS increase MiB", lambda r: f"{r.rss_increase_bytes / 2**20:.1f}", "memory_increase")
+        row("size KiB", lambda r: f"{r.size_bytes / 1024:.1f}", "size")
         return table
 
 
@@ -217,7 +223,7 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
         if not isinstance(model, ModelHandle) and Path(model).suffix.lower() == ".onnx":
             # Measure the user's own file (loading re-serializes it with inferred shapes, a different size).
             path = str(Path(model).resolve())
-            size = Path(path).stat().st_size
+            size = _bytes_on_disk(Path(path))
         else:
             path = str(workdir / f"model{index}.onnx")
             Path(path).write_bytes(handle.onnx_bytes)
@@ -243,6 +249,22 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
     return prepared
 
 
+def _bytes_on_disk(path: Path) -> int:
+    """Size of an ONNX file plus the external data files it references (what a deployment ships)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    size = path.stat().st_size
+    proto = onnx.load_model(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in _get_all_tensors(proto) if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data if entry.key == "location"
+    }
+    # load() has already refused locations outside the model's folder and missing files.
+    return size + sum((path.parent / location).stat().st_size for location in locations)
+
+
 def _worker_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
@@ -251,6 +273,14 @@ def _worker_env(threads: int) -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     return env
+
+
+def _short_message(text: str, limit: int = 400) -> str:
+    """The informative part of a runtime's error: OpenVINO leads with C++ source locations
+    ("Exception from src/...cpp:84:", "Check 'false' failed at ...") that tell a user nothing."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))] or lines
+    return " ".join(useful)[:limit]
 
 
 def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: str, runtime: str) -> dict:
@@ -275,9 +305,10 @@ def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: s
     result = json.loads(result_path.read_text(encoding="utf-8"))
     error = result.get("error")
     if error:
-        first_line = error["message"].splitlines()[0][:400] if error["message"] else ""
+        first_line = _short_message(error["message"])
         doing = {"import": "is not usable (import failed) for", "load": "cannot load"}.get(error["stage"], "loaded but cannot run")
-        raise UnsupportedModelError(f"{runtime} {doing} model {model_name!r}: {error['type']}: {first_line}")
+        kind = "" if error["type"] == "UnsupportedModelError" else f"{error['type']}: "
+        raise UnsupportedModelError(f"{runtime} {doing} model {model_name!r}: {kind}{first_line}")
     return result
 
 
@@ -352,6 +383,8 @@ def benchmark(
         runs: list[list[dict]] = [[] for _ in prepared]
         total = rounds * len(prepared)
         done = 0
+        if progress:
+            progress(f"round 1/{rounds}: {prepared[0].name}", 0.0)
         for round_index in range(rounds):
             for model_index, item in enumerate(prepared):
                 spec = {
@@ -363,7 +396,8 @@ def benchmark(
                 )
                 done += 1
                 if progress:
-                    progress(f"round {round_index + 1}/{rounds}: {item.name}", done / total)
+                    following = prepared[done % len(prepared)].name
+                    progress(f"round {done // len(prepared) + 1}/{rounds}: {following}" if done < total else "done", done / total)
     results = tuple(
         _summarize(item, item_runs, runtime=runtime, threads=threads, iterations=iterations)
         for item, item_runs in zip(prepared, runs)
@@ -407,10 +441,8 @@ def measure_inprocess(
         start = time.perf_counter()
         try:
             run, _ = module.load(str(path), threads=threads, precision=precision, feeds=feeds)
-        except EdgeOptError:
-            raise
-        except Exception as e:
-            raise UnsupportedModelError(f"{runtime} cannot load model {handle.name!r}: {str(e).splitlines()[0][:300]}") from e
+        except Exception as e:  # ORT/OpenVINO raise their own untyped errors; name the model either way
+            raise UnsupportedModelError(f"{runtime} cannot load model {handle.name!r}: {_short_message(str(e))}") from e
         load_ms = (time.perf_counter() - start) * 1e3
     for _ in range(warmup):
         run(feeds)
