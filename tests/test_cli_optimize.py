@@ -13,7 +13,7 @@ from edgeopt.cli.main import run
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "kws" / "dscnn_kws12.onnx"
 DATA = ROOT / "examples" / "kws" / "speech_commands_mfcc_1000.npz"
-COMMON = ["--split", "calib=0:128,eval=128:448", "--techniques", "int8", "--goal", "size", "--bench-rounds", "1"]
+COMMON = ["--split", "calib=0:128,eval=128:448", "--techniques", "int8", "--goal", "size", "--bench-rounds", "1", "--quick"]
 
 
 @pytest.fixture(scope="module")

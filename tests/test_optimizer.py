@@ -17,7 +17,8 @@ SPLITS = "calib=0:128,eval=128:528"
 def result(dscnn_path, kws_data):
     data = kws_data.take(0, 528, name="kws")
     return edgeopt.optimize(dscnn_path, data=data, metric="top1", max_drop=0.02, splits=SPLITS, techniques="int8,int4",
-                            goal="size", progress=False, bench_rounds=1, bench_iterations=20, calibration_samples=64)
+                            goal="size", progress=False, bench_rounds=1, bench_iterations=20, calibration_samples=64,
+                            quick=True)
 
 
 def test_chooses_a_small_int8_model_within_budget_on_held_out_rows(result, dscnn_path):
@@ -32,7 +33,7 @@ def test_chooses_a_small_int8_model_within_budget_on_held_out_rows(result, dscnn
 
 
 def test_every_candidate_has_a_status_and_a_reason(result):
-    assert len(result.candidates) >= 4
+    assert len(result.candidates) >= 2
     for c in result.candidates:
         assert c.status in ("chosen", "kept", "dropped", "failed")
         if c.status != "chosen" and c.status != "kept":

@@ -257,6 +257,7 @@ def optimize(
     bench_rounds: int = 5,
     bench_iterations: int = 100,
     calibration_samples: int = 256,
+    quick: bool = False,
 ) -> OptimizeResult:
     """Compress ``model`` within an accuracy budget and return the measured candidates.
 
@@ -265,6 +266,8 @@ def optimize(
     decisions use the calibration rows (stated in the report). The choice is made on the
     ``eval`` rows. With ``out`` the result is saved there (see :meth:`OptimizeResult.save`); a
     BudgetError (exit code 2) is raised after writing the report when nothing meets the budget.
+    ``quick=True`` tries one int8 variant (plus mixed precision if needed) and skips the
+    confirmation benchmark: for smoke runs and tests.
     """
     from .data import Dataset, fit_to_model, load_data, parse_split_spec, split
     from .evaluation import metric_spec
@@ -373,13 +376,13 @@ def optimize(
         plans: list[tuple[str, str, list]] = []
         if "int8" in chosen_techniques or "mixed" in chosen_techniques:
             plans.append(("int8-minmax", "int8", [fold, make_pass("quantize.int8", int8_default)]))
-        if "int8" in chosen_techniques:
+        if "int8" in chosen_techniques and not quick:
             plans += [
                 ("int8-percentile", "int8", [fold, make_pass("quantize.int8", {**int8_default, "calibration": "percentile"})]),
                 ("int8-qoperator", "int8", [fold, make_pass("quantize.int8", {**int8_default, "format": "qoperator"})]),
                 ("int8-ort-fused", "int8", [fold, make_pass("quantize.int8", int8_default), make_pass("ort.optimize")]),
             ]
-        if "int8" in chosen_techniques:
+        if "int8" in chosen_techniques and not quick:
             plans.append(("int8-bias-corrected", "int8",
                           [fold, make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
             if _has_depthwise(handle.proto()):
@@ -403,7 +406,7 @@ def optimize(
 
         # First layers with very few input channels run slower in int8 on ORT's CPU kernels (measured:
         # DS-CNN's 1-channel 10x4 conv, ResNet-8's RGB conv); offer the variant that keeps them float.
-        proto = fold(handle, ctx).model.proto() if int8_possible and ("int8" in chosen_techniques) else None
+        proto = fold(handle, ctx).model.proto() if int8_possible and "int8" in chosen_techniques and not quick else None
         if proto is not None and not over_budget():
             thin = _thin_input_layers(proto)
             if thin:
@@ -466,7 +469,7 @@ def optimize(
             # On a shared machine one screening run can rank two identical graphs 1.8x apart; a second,
             # longer interleaved run of the contenders (and the baseline) decides, and its figures are reported.
             contenders = _contenders(candidates, max_drop, goal, CONFIRM_TOP)
-            if contenders and not over_budget():
+            if contenders and not over_budget() and not quick:
                 bar.step(f"confirming {len(contenders)} fastest ({2 * bench_rounds} rounds)")
                 confirm = benchmark([handle, *[c.model for c in contenders]], threads=1, rounds=2 * bench_rounds,
                                     iterations=bench_iterations, warmup=10, inputs=eval_data.x[:1], progress=bar.update)

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
         bench_rounds: int = typer.Option(5, "--bench-rounds", help="Interleaved benchmark rounds (fresh processes)."),
+        quick: bool = typer.Option(False, "--quick", help="One int8 variant (+ mixed precision if needed), no confirmation benchmark."),
         json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout instead of tables."),
     ):
         """Quantize within an accuracy budget; every candidate evaluated on held-out rows and benchmarked."""
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
                               time_budget=time_budget, seed=seed, out=out, progress=True, goal=goal,
-                              x_key=x_key, y_key=y_key, bench_rounds=bench_rounds)
+                              x_key=x_key, y_key=y_key, bench_rounds=bench_rounds, quick=quick)
         except BudgetError:
             raise
         if json_output:
