@@ -41,7 +41,7 @@ def main() -> None:
                    metric="top1", max_drop=0.005, bar=(0.30, 0.50)),
         "kws": dict(model=SHARED / "mlperf_tiny/kws/dscnn_kws12.onnx", data=str(SHARED / "datasets/speech_commands_test_v0.02_mlperf_mfcc.npz"),
                     metric="top1", max_drop=0.005, bar=(0.30, 0.75)),
-        "vww": dict(model=SHARED / "mlperf_tiny/vww/mobilenetv1_vww96.onnx", data=None, metric="agreement", max_drop=0.01, bar=(None, None)),
+        "vww": dict(model=SHARED / "mlperf_tiny/vww/mobilenetv1_vww96.onnx", data=None, metric="agreement", max_drop=0.01, bar=(None, None), goal="size"),
     }
     summary = {}
     for task in args.tasks.split(","):
@@ -50,10 +50,16 @@ def main() -> None:
         out = Path(args.out) / task
         try:
             r = edgeopt.optimize(str(t["model"]), data=data, metric=t["metric"], max_drop=t["max_drop"],
-                                 splits="calib=0:500,eval=500:", progress=False, out=out, bench_rounds=args.rounds)
+                                 splits="calib=0:500,eval=500:", progress=False, out=out, bench_rounds=args.rounds,
+                                 goal=t.get("goal", "latency"))
         except edgeopt.errors.BudgetError as e:
             print(task, "BUDGET ERROR:", e)
-            summary[task] = {"error": str(e)}
+            report = json.loads((out / "report.json").read_text())
+            summary[task] = {"error": str(e), "candidates": [
+                {k: c.get(k) for k in ("name", "status", "size_ratio", "latency_ratio", "drop_eval", "reason")} for c in report["candidates"]]}
+            for c in report["candidates"]:
+                print(f"    {c['name']:34s} {c['status']:8s} size={c['size_ratio'] and round(c['size_ratio'], 3)} "
+                      f"lat={c['latency_ratio'] and round(c['latency_ratio'], 3)} drop={c['drop_eval']}")
             continue
         b = r.best
         d = b.drop_eval
@@ -69,7 +75,9 @@ def main() -> None:
             print(f"    {c.name:34s} {c.status:8s} size={c.size_ratio and round(c.size_ratio, 3)} "
                   f"lat={c.latency_ratio and round(c.latency_ratio, 3)} diff={None if c.drop_eval is None else round(100 * c.drop_eval.value, 2)}pt  {c.reason[:80]}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    summary_path = Path(args.out) / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary_path.write_text(json.dumps({**previous, **summary}, indent=2, default=float))
 
 
 if __name__ == "__main__":
