@@ -159,13 +159,20 @@ def run_task(task: str, args, work: Path) -> list[dict]:
         except Exception as e:  # report, don't hide: the row says why it is missing
             rows.append({"task": task, "method": "NNCF nncf.quantize", "error": str(e)})
     t0 = time.monotonic()
-    result = edgeopt.optimize(onnx_path, data=(x, y), metric="top1", max_drop=0.005,
-                              splits={"calib": f"{c0}:{c1}", "eval": f"{e0}:{e1}"}, progress=False, seed=0,
-                              bench_rounds=args.rounds)
+    common = dict(data=(x, y), metric="top1", max_drop=0.005, splits={"calib": f"{c0}:{c1}", "eval": f"{e0}:{e1}"},
+                  progress=False, seed=0, bench_rounds=args.rounds)
+    goal = "latency"
+    try:
+        result = edgeopt.optimize(onnx_path, goal=goal, **common)
+    except edgeopt.errors.BudgetError as e:
+        # No int8 graph beat fp32 on this runtime (measured, e.g. DS-CNN on ORT): compare the smallest instead.
+        print(f"{task}: latency goal not met ({str(e)[:120]}...); using --goal size", file=sys.stderr)
+        goal = "size"
+        result = edgeopt.optimize(onnx_path, goal=goal, **common)
     edgeopt_s = time.monotonic() - t0
     best_path = str(work / f"{task}_edgeopt.onnx")
     Path(best_path).write_bytes(result.best.model.onnx_bytes)
-    models[f"edgeopt ({result.best.name})"] = best_path
+    models[f"edgeopt ({result.best.name}, goal {goal})"] = best_path
 
     report = benchmark(list(models.values()), threads=1, rounds=args.rounds, iterations=100, inputs=eval_x[:1])
     base_ms = report.results[0].best_round_median_ms
