@@ -18,8 +18,6 @@ def correct_biases(qdq_proto, float_model, x: np.ndarray) -> int:
     import onnx
     from onnx import numpy_helper
 
-    from ..model import ModelHandle
-
     float_proto = float_model.proto()
     producers = {o: n for n in float_proto.graph.node for o in n.output}
     inits = {i.name: i for i in qdq_proto.graph.initializer}
@@ -35,22 +33,29 @@ def correct_biases(qdq_proto, float_model, x: np.ndarray) -> int:
         return 0
     names = [t for _, t, _ in targets]
 
-    def with_outputs(proto):
+    def run_with(proto, wanted: list[str]) -> list[np.ndarray]:
+        """Values of graph tensors ``wanted`` over all rows (batched; samples on axis 0 for CNN activations)."""
+        from ..model import make_session
+
         p = onnx.ModelProto()
         p.CopyFrom(proto)
         existing = {o.name for o in p.graph.output}
-        for name in names:
+        for name in wanted:
             if name not in existing:
                 p.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        return ModelHandle.from_proto(p)
+        session = make_session(p.SerializeToString(), threads=1)
+        input_name = session.get_inputs()[0].name
+        fixed = session.get_inputs()[0].shape[0]
+        step = fixed if isinstance(fixed, int) else 64
+        parts = [session.run(wanted, {input_name: x[i : i + step]}) for i in range(0, len(x), step)]
+        return [np.concatenate([part[j] for part in parts], axis=0) for j in range(len(wanted))]
 
-    n_out = len(float_proto.graph.output)
-    fp = with_outputs(float_proto).predict(x)[n_out:]
+    fp = run_with(float_proto, names)
     corrected = 0
     # Layer by layer, re-running the corrected graph each time: a layer's measured error includes what
     # upstream layers pass down, so correcting all at once would double-count (measured: worse accuracy).
     for index, ((node, tensor, (bias, scale)), a_fp) in enumerate(zip(targets, fp)):
-        a_q = with_outputs(qdq_proto).predict(x)[len(qdq_proto.graph.output) + index]
+        a_q = run_with(qdq_proto, [tensor])[0]
         axis = 1 if node.op_type == "Conv" else a_fp.ndim - 1
         fp_c = np.moveaxis(a_fp, axis, 0).reshape(a_fp.shape[axis], -1).astype(np.float64)
         q_c = np.moveaxis(a_q, axis, 0).reshape(a_q.shape[axis], -1).astype(np.float64)
