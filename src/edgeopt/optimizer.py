@@ -314,8 +314,6 @@ def optimize(
         "no tune split given: tuning decisions (sensitivity, mixed precision) used the calibration rows; the choice was checked on the held-out eval rows"
     tune = tune if tune is not None else calib
 
-    from .quant.calibration import calibration_rows  # noqa: F401  (validates early that calib is usable)
-
     candidates: list[Candidate] = []
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeopt-opt-")))
@@ -584,8 +582,6 @@ def _no_choice_message(candidates, max_drop, goal, metric) -> str:
 
 def _thin_input_layers(proto) -> list[str]:
     """Weighted layers reading the graph input (through layout ops only) with <= 4 input channels."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in proto.graph.initializer}
     graph_inputs = {i.name for i in proto.graph.input if i.name not in inits}
     producers = {o: n for n in proto.graph.node for o in n.output}

@@ -20,7 +20,6 @@ def register(app: typer.Typer) -> None:
     ):
         """Re-run a recipe: same passes, parameters, seed and calibration rows -> the same model.onnx."""
         import hashlib
-        import os
         import shutil
         import tempfile
         from pathlib import Path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..quant.verify import check_close, sample_inputs
-from .base import Choice, FloatRange, Pass, PassContext, PassResult
+from .base import Choice, Pass, PassContext, PassResult
 
 
 class Fold(Pass):

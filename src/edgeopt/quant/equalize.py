@@ -49,7 +49,7 @@ def equalizable_pairs(proto) -> list[tuple]:
 
 def equalize(proto, iterations: int = 1, max_scale: float = 100.0) -> int:
     """Equalize every pair in place; returns how many pairs were rescaled."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
     usage: dict[str, int] = {}
@@ -65,7 +65,6 @@ def equalize(proto, iterations: int = 1, max_scale: float = 100.0) -> int:
                 continue  # shared weights: rescaling would change another layer too
             w1 = numpy_helper.to_array(inits[w1_name]).astype(np.float64)
             w2 = numpy_helper.to_array(inits[w2_name]).astype(np.float64)
-            group1 = next((helper.get_attribute_value(a) for a in first.attribute if a.name == "group"), 1)
             channels = w1.shape[0]
             if w2.shape[1] != channels:
                 continue
@@ -80,6 +79,5 @@ def equalize(proto, iterations: int = 1, max_scale: float = 100.0) -> int:
             if b1_name:
                 b1 = numpy_helper.to_array(inits[b1_name]).astype(np.float64)
                 inits[b1_name].CopyFrom(numpy_helper.from_array((b1 / s).astype(np.float32), b1_name))
-            del group1
             done += 1
     return done
