@@ -103,6 +103,8 @@ def layer_storage(name: str, weight: np.ndarray, *, value_bits: int = 32, index_
     symbols = np.concatenate([cluster_index.reshape(-1), np.full(fillers, -1)])
     gap_stream = np.concatenate([gaps, np.full(fillers, 2 ** index_bits - 1)])
     huffman_total = huffman_bits(symbols) + huffman_bits(gap_stream) + distinct * codebook_value_bits
+    # An encoder keeps the fixed-width streams when the code tables outweigh the gain (tiny tensors).
+    huffman_total = min(huffman_total, codebook_bits)
     dense_bytes = w.size * 4
     return LayerStorage(name=name, numel=int(w.size), nonzero=nnz, distinct=distinct, dense_fp32=dense_bytes,
                         sparse=min(_bytes(sparse_bits), dense_bytes), codebook=_bytes(codebook_bits),

@@ -74,6 +74,8 @@ class Callbacks:
     after_step: Callable[[Any], None] | None = None
     before_epoch: Callable[[Any, int], None] | None = None
     after_backward: Callable[[Any], None] | None = None
+    #: extra_loss(inputs) -> tensor added to the loss, called after the student's forward on ``inputs``
+    extra_loss: Callable[[Any], Any] | None = None
 
 
 @dataclass
@@ -288,11 +290,14 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
                     xb = augment_batch(x_all[idx], kind, rng, noise_scale=noise_scale)
                     tb = torch.from_numpy(np.ascontiguousarray(teacher_of(xb))) if teacher_of else None
                     yb = torch.from_numpy(y_all[idx]) if y_all is not None else None
-                    out = module(torch.from_numpy(np.ascontiguousarray(xb)))
+                    inputs = torch.from_numpy(np.ascontiguousarray(xb))
+                    out = module(inputs)
                     if tb is None:
                         loss = torch.nn.functional.nll_loss(log_probabilities(out), yb)
                     else:
                         loss = distillation_loss(out, tb, yb, temperature=config.temperature, alpha=config.alpha)
+                    if callbacks.extra_loss:
+                        loss = loss + callbacks.extra_loss(inputs)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if callbacks.after_backward:
@@ -371,6 +376,6 @@ def recover(module, model, ctx, config: FineTune, *, callbacks: Callbacks | None
                      callbacks=callbacks, trainable=trainable, report=ctx.report)
 
 
-def fine_tune_config(epochs: int, lr: float, **overrides) -> FineTune:
+def fine_tune_config(epochs: int, lr: float, /, **overrides) -> FineTune:
     """A :class:`FineTune` with a pass's ``epochs``/``lr`` and optional overrides from ``ctx.options``."""
     return replace(FineTune(epochs=epochs, lr=lr), **overrides)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..errors import ConfigError
-from ..training import fine_tune_config, recover
+from ..training import Callbacks, fine_tune_config, recover
 from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -24,6 +24,78 @@ def macs_and_params(module, example) -> tuple[int, int]:
 
     macs, params = tp.utils.count_ops_and_params(module, example)
     return int(macs), int(params)
+
+
+def kept_channels(original, pruned) -> dict[str, list[int]]:
+    """For every biased Conv/Linear of ``pruned``, which of ``original``'s output channels it kept.
+
+    Pruning slices tensors without changing values, so each surviving bias entry is found at its
+    original position (Torch-Pruning records only each group's root indices).
+    """
+    import numpy as np
+
+    before = dict(original.named_modules())
+    out = {}
+    for name, m in pruned.named_modules():
+        ref = before.get(name)
+        if getattr(m, "bias", None) is None or getattr(ref, "bias", None) is None or m.bias.ndim != 1:
+            continue
+        old, new = ref.bias.detach().numpy(), m.bias.detach().numpy()
+        position = {float(v): i for i, v in enumerate(old)}
+        if len(position) != len(old) or any(float(v) not in position for v in new):
+            continue  # repeated bias values: the mapping would be ambiguous, so this layer gets no hint
+        out[name] = [position[float(v)] for v in new]
+    return out
+
+
+class FeatureHints:
+    """Feature distillation on kept channels (FitNets-style hints for every pruned layer).
+
+    The pruned student's layer outputs are pulled toward the unpruned teacher's outputs on the same
+    channels, normalised by the teacher's variance. Matching internal features constrains the
+    student far more than matching the final outputs on the (possibly class-skewed) tuning data.
+    """
+
+    def __init__(self, student, teacher, kept: dict[str, list[int]], weight: float):
+        import torch
+
+        self.teacher, self.kept, self.weight = teacher.eval(), kept, weight
+        self.student_out: dict = {}
+        self.teacher_out: dict = {}
+        self.handles = [m.register_forward_hook(self._keep(self.student_out, name))
+                        for name, m in student.named_modules() if name in kept]
+        self.handles += [m.register_forward_hook(self._keep(self.teacher_out, name))
+                         for name, m in teacher.named_modules() if name in kept]
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.index = {k: torch.tensor(v, dtype=torch.long) for k, v in kept.items()}
+
+    @staticmethod
+    def _keep(store, name):
+        def hook(_module, _inputs, output):
+            store[name] = output
+        return hook
+
+    def close(self) -> None:
+        """Remove the hooks (the student is exported and kept as a twin afterwards)."""
+        for handle in self.handles:
+            handle.remove()
+        self.student_out.clear()
+        self.teacher_out.clear()
+
+    def __call__(self, inputs):
+        import torch
+
+        with torch.no_grad():
+            self.teacher(inputs)
+        losses = []
+        for name, index in self.index.items():
+            s, t = self.student_out.get(name), self.teacher_out.get(name)
+            if s is None or t is None:
+                continue
+            t = t.index_select(1, index)
+            losses.append(torch.mean((s - t) ** 2) / (t.var() + 1e-8))
+        return self.weight * torch.stack(losses).mean() if losses else torch.zeros(())
 
 
 def conv_channels(module) -> dict[str, int]:
@@ -43,13 +115,14 @@ class PruneChannels(Pass):
     description: ClassVar[str] = "structured channel pruning (Torch-Pruning DepGraph) + distillation fine-tuning"
 
     def __init__(self, *, ratio: float = 0.25, importance: str = "l2", scope: str = "layer",
-                 epochs: int = 3, lr: float = 5e-4, round_to: int = 1):
+                 epochs: int = 3, lr: float = 5e-4, round_to: int = 1, feature_weight: float = 1.0):
         self.ratio = ratio
         self.importance = importance
         self.scope = scope
         self.epochs = epochs
         self.lr = lr
         self.round_to = round_to
+        self.feature_weight = feature_weight
 
     @classmethod
     def search_space(cls):
@@ -64,6 +137,8 @@ class PruneChannels(Pass):
             raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"{self.name}: parameter 'round_to' must be an int >= 1; got {self.round_to!r}")
+        if not isinstance(self.feature_weight, (int, float)) or self.feature_weight < 0:
+            raise ConfigError(f"{self.name}: parameter 'feature_weight' must be a number >= 0; got {self.feature_weight!r}")
         fine_tune_config(self.epochs, self.lr).validate()
 
     def _importance(self):
@@ -109,7 +184,16 @@ class PruneChannels(Pass):
         pruner.step()
         module.zero_grad(set_to_none=True)
         macs_after, params_after = macs_and_params(module, example)
-        report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})))
+        hints = None
+        if self.epochs > 0 and self.feature_weight > 0:
+            teacher = to_torch(model)
+            hints = FeatureHints(module, teacher, kept_channels(teacher, module), float(self.feature_weight))
+        try:
+            report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})),
+                             callbacks=Callbacks(extra_loss=hints))
+        finally:
+            if hints is not None:
+                hints.close()
         new = export(module, model, self.record(), seed=ctx.seed)
         channels_after = conv_channels(module)
         return PassResult(new, {
