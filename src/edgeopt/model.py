@@ -386,7 +386,10 @@ def load_torch(module, example_inputs, *, input_names=None, output_names=None, d
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     input_names = list(input_names or ([f"input_{i}" for i in range(len(example_inputs))] if len(example_inputs) > 1 else ["input"]))
-    module = module.eval()
+    try:
+        module = module.eval()
+    except NotImplementedError:  # modules unflattened from torch.export are always in eval form
+        pass
     with torch.no_grad():
         reference = module(*example_inputs)
     refs = [reference] if isinstance(reference, torch.Tensor) else list(reference)
@@ -410,6 +413,29 @@ def load_torch(module, example_inputs, *, input_names=None, output_names=None, d
     return handle
 
 
+def _frozen_module_class():
+    import torch
+
+    class _FrozenModule(torch.nn.Module):
+        """Wraps a module unflattened from torch.export, which refuses train()/eval() calls."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def train(self, mode: bool = True):
+            return self
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    return _FrozenModule
+
+
+def _FrozenModule(inner):
+    return _frozen_module_class()(inner)
+
+
 def load_exported_program(path: str | os.PathLike, *, name: str | None = None) -> ModelHandle:
     """Load a ``torch.export`` archive (.pt2). It is a zip of tensors and a graph, not a pickle."""
     import torch
@@ -419,7 +445,7 @@ def load_exported_program(path: str | os.PathLike, *, name: str | None = None) -
         program = torch.export.load(str(path))
     except Exception as e:
         raise ModelLoadError(f"{str(path)!r} is not a readable torch.export (.pt2) archive: {str(e).splitlines()[0][:200]}") from e
-    module = program.module()
+    module = _FrozenModule(program.module())
     example = program.example_inputs[0] if program.example_inputs else None
     if example is None:
         raise ModelLoadError(f"{str(path)!r} stores no example inputs; re-export it with torch.export.export(model, args)")
