@@ -76,6 +76,8 @@ class Callbacks:
     after_backward: Callable[[Any], None] | None = None
     #: extra_loss(inputs) -> tensor added to the loss, called after the student's forward on ``inputs``
     extra_loss: Callable[[Any], Any] | None = None
+    #: epochs before this one are never kept as "best" (e.g. a gradual schedule has not reached its target)
+    first_eligible_epoch: int = 0
 
 
 @dataclass
@@ -314,7 +316,9 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
                     name, value = _score(predict(module, x_tune), y_tune, t_tune)
                     entry[name] = value
                     result.score_name = name
-                    if result.best_score is None or value > result.best_score:
+                    if epoch < callbacks.first_eligible_epoch:
+                        pass
+                    elif result.best_score is None or value > result.best_score:
                         result.best_score, result.best_epoch, stale = value, epoch, 0
                         best_state = copy.deepcopy(module.state_dict())
                     else:
@@ -322,7 +326,7 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
                 result.history.append(entry)
                 if report:
                     report(f"epoch {epoch + 1}/{config.epochs}", (epoch + 1) / config.epochs)
-                if x_tune is not None and stale > config.patience:
+                if x_tune is not None and stale > config.patience and epoch >= callbacks.first_eligible_epoch:
                     break
         if best_state is not None:
             module.load_state_dict(best_state)

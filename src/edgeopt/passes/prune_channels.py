@@ -98,6 +98,87 @@ class FeatureHints:
         return self.weight * torch.stack(losses).mean() if losses else torch.zeros(())
 
 
+def _is_pointwise(m) -> bool:
+    from torch import nn
+
+    if isinstance(m, nn.Linear):
+        return True
+    return (isinstance(m, nn.Conv2d) and m.groups == 1 and tuple(m.kernel_size) == (1, 1)
+            and tuple(m.padding) == (0, 0) and tuple(m.dilation) == (1, 1) and m.padding_mode == "zeros")
+
+
+def _capture(module, names, x, *, inputs: bool):
+    """Inputs (or outputs) of the named submodules when ``module`` runs on ``x``."""
+    import torch
+
+    store, handles = {}, []
+    for name, m in module.named_modules():
+        if name in names:
+            if inputs:
+                handles.append(m.register_forward_pre_hook(lambda _m, args, name=name: store.__setitem__(name, args[0].detach())))
+            else:
+                handles.append(m.register_forward_hook(lambda _m, _a, out, name=name: store.__setitem__(name, out.detach())))
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+
+def _rows(t, stride=(1, 1)):
+    """(samples, channels) view of an NCHW feature map (or a 2-D batch)."""
+    if t.ndim == 4:
+        t = t[:, :, ::stride[0], ::stride[1]]
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    return t.reshape(-1, t.shape[-1])
+
+
+def reconstruct(student, teacher, kept: dict[str, list[int]], x, *, max_rows: int = 50000, ridge: float = 1e-4,
+                seed: int = 0) -> list[str]:
+    """Least-squares reconstruction of pruned 1x1 convs and linears (He et al. 2017; ThiNet).
+
+    Layer by layer in forward order, each pointwise layer's weights and bias are refit so that,
+    given the pruned network's actual inputs, it reproduces the unpruned teacher's outputs on the
+    channels it kept. A closed-form linear fit on features: no gradient steps on the (possibly
+    class-skewed) tuning data. Returns the refit layer names.
+    """
+    import numpy as np
+    import torch
+
+    names = [n for n, m in student.named_modules() if n in kept and _is_pointwise(m)]
+    targets = _capture(teacher, set(names), x, inputs=False)
+    rng = np.random.default_rng(seed)
+    modules = dict(student.named_modules())
+    done = []
+    for name in names:
+        m = modules[name]
+        got = _capture(student, {name}, x, inputs=True).get(name)
+        if got is None or name not in targets:
+            continue
+        stride = tuple(m.stride) if hasattr(m, "stride") else (1, 1)
+        features = _rows(got, stride).double()
+        target = _rows(targets[name].index_select(1, torch.tensor(kept[name])), (1, 1)).double()
+        if len(features) != len(target):
+            continue
+        if len(features) > max_rows:
+            pick = torch.from_numpy(np.sort(rng.choice(len(features), max_rows, replace=False)))
+            features, target = features[pick], target[pick]
+        design = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], 1)
+        gram = design.T @ design
+        gram += ridge * torch.diag(gram).mean() * torch.eye(len(gram), dtype=gram.dtype)
+        solution = torch.linalg.solve(gram, design.T @ target)  # (in + 1) x out
+        with torch.no_grad():
+            m.weight.copy_(solution[:-1].T.reshape(m.weight.shape).float())
+            if m.bias is not None:
+                m.bias.copy_(solution[-1].float())
+            else:
+                continue
+        done.append(name)
+    return done
+
+
 def conv_channels(module) -> dict[str, int]:
     """Output channels (features) of every Conv/Linear layer, by module name."""
     from torch import nn
@@ -115,7 +196,8 @@ class PruneChannels(Pass):
     description: ClassVar[str] = "structured channel pruning (Torch-Pruning DepGraph) + distillation fine-tuning"
 
     def __init__(self, *, ratio: float = 0.25, importance: str = "l2", scope: str = "layer",
-                 epochs: int = 3, lr: float = 5e-4, round_to: int = 1, feature_weight: float = 1.0):
+                 epochs: int = 3, lr: float = 5e-4, round_to: int = 1, feature_weight: float = 1.0,
+                 reconstruct: bool = True, calibration_samples: int = 512):
         self.ratio = ratio
         self.importance = importance
         self.scope = scope
@@ -123,6 +205,8 @@ class PruneChannels(Pass):
         self.lr = lr
         self.round_to = round_to
         self.feature_weight = feature_weight
+        self.reconstruct = reconstruct
+        self.calibration_samples = calibration_samples
 
     @classmethod
     def search_space(cls):
@@ -137,6 +221,10 @@ class PruneChannels(Pass):
             raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"{self.name}: parameter 'round_to' must be an int >= 1; got {self.round_to!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError(f"{self.name}: parameter 'reconstruct' must be true or false; got {self.reconstruct!r}")
+        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise ConfigError(f"{self.name}: parameter 'calibration_samples' must be an int >= 1; got {self.calibration_samples!r}")
         if not isinstance(self.feature_weight, (int, float)) or self.feature_weight < 0:
             raise ConfigError(f"{self.name}: parameter 'feature_weight' must be a number >= 0; got {self.feature_weight!r}")
         fine_tune_config(self.epochs, self.lr).validate()
@@ -151,6 +239,7 @@ class PruneChannels(Pass):
         return tp.importance.TaylorImportance()
 
     def run(self, model, ctx: PassContext) -> PassResult:
+        import numpy as np
         import torch
         import torch_pruning as tp
         from torch import nn
@@ -184,10 +273,16 @@ class PruneChannels(Pass):
         pruner.step()
         module.zero_grad(set_to_none=True)
         macs_after, params_after = macs_and_params(module, example)
-        hints = None
+        hints, refit = None, []
+        teacher = to_torch(model) if (self.reconstruct or (self.epochs > 0 and self.feature_weight > 0)) else None
+        kept = kept_channels(teacher, module) if teacher is not None else {}
+        if self.reconstruct:
+            train, _ = training_data(model, ctx)
+            rows = np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples]
+            x = torch.from_numpy(np.ascontiguousarray(train.x[np.sort(rows)], dtype=np.float32))
+            refit = reconstruct(module, teacher, kept, x, seed=ctx.seed)
         if self.epochs > 0 and self.feature_weight > 0:
-            teacher = to_torch(model)
-            hints = FeatureHints(module, teacher, kept_channels(teacher, module), float(self.feature_weight))
+            hints = FeatureHints(module, teacher, kept, float(self.feature_weight))
         try:
             report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})),
                              callbacks=Callbacks(extra_loss=hints))
@@ -201,5 +296,5 @@ class PruneChannels(Pass):
             "params_before": params_before, "params_after": params_after,
             "channels_removed": {k: channels_before[k] - channels_after.get(k, 0) for k in channels_before
                                  if channels_before[k] != channels_after.get(k, 0)},
-            "fine_tune": report.to_dict(),
+            "reconstructed_layers": len(refit), "fine_tune": report.to_dict(),
         })

@@ -52,8 +52,13 @@ def magnitude_masks(weights: dict, sparsity: float, scope: str) -> dict:
     return masks
 
 
+def ramp_epochs(epochs: int) -> int:
+    """Epochs over which gradual pruning reaches its target; the rest fine-tune at the target."""
+    return max(1, (2 * epochs + 2) // 3)
+
+
 def cubic_sparsity(final: float, epoch: int, epochs: int) -> float:
-    """Zhu & Gupta (2017): s_t = s_f * (1 - (1 - t / n)^3), reaching ``final`` at the last epoch."""
+    """Zhu & Gupta (2017): s_t = s_f * (1 - (1 - t / n)^3), reaching ``final`` at epoch ``epochs - 1``."""
     if epochs <= 1:
         return final
     progress = min(1.0, (epoch + 1) / epochs)
@@ -112,16 +117,16 @@ class PruneMagnitude(Pass):
                     w.mul_(masks[name])
 
         config = fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {}))
+        callbacks = Callbacks(after_step=keep_zero)
         if self.schedule == "gradual":
-            # Early stopping could keep an epoch before the final sparsity is reached; run every epoch.
-            config = fine_tune_config(self.epochs, self.lr, **{**ctx.options.get("fine_tune", {}), "patience": self.epochs})
-            before_epoch = lambda _m, epoch: apply_masks(cubic_sparsity(float(self.sparsity), epoch, self.epochs))
-            apply_masks(cubic_sparsity(float(self.sparsity), 0, self.epochs))
+            ramp = ramp_epochs(self.epochs)
+            callbacks.before_epoch = lambda _m, epoch: apply_masks(cubic_sparsity(float(self.sparsity), epoch, ramp))
+            callbacks.first_eligible_epoch = ramp - 1  # only epochs at the target sparsity may be kept as best
+            apply_masks(cubic_sparsity(float(self.sparsity), 0, ramp))
         else:
-            before_epoch = None
             apply_masks(float(self.sparsity))
-        report = recover(module, model, ctx, config, callbacks=Callbacks(after_step=keep_zero, before_epoch=before_epoch))
-        apply_masks(float(self.sparsity))  # the restored best epoch may predate the final gradual step
+        report = recover(module, model, ctx, config, callbacks=callbacks)
+        apply_masks(float(self.sparsity))  # a no-op unless training was skipped before the target was reached
         new = export(module, model, self.record(), seed=ctx.seed)
         total = sum(int(w.numel()) for w in weights.values())
         zeros = sum(int((w == 0).sum()) for w in weights.values())
