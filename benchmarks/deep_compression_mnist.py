@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--sparsity", type=float, default=0.92)
     parser.add_argument("--clusters", type=int, default=32)
+    parser.add_argument("--scope", default="global", choices=["global", "layer"])
+    parser.add_argument("--prune-epochs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -102,7 +104,8 @@ def main() -> None:
     params = sum(w.size for w in weights.values()) + biases
     stage("fp32", fp32, 4 * sum(w.size for w in weights.values()), "dense fp32")
 
-    pruned = PruneMagnitude(sparsity=args.sparsity, schedule="gradual", scope="layer", epochs=12, lr=1e-3)(fp32, ctx)
+    pruned = PruneMagnitude(sparsity=args.sparsity, schedule="gradual", scope=args.scope,
+                            epochs=args.prune_epochs, lr=1e-3)(fp32, ctx)
     weights, _ = weights_and_biases(pruned.model)
     stage("pruned", pruned.model, model_storage(weights)["total"]["sparse"],
           f"{pruned.stats['sparsity']:.1%} zeros, fp32 values + 5-bit relative index")

@@ -32,7 +32,7 @@ def test_same_seed_same_weights():
 
 def test_learns_and_reports_history():
     net = _net()
-    report = fine_tune(net, _data(), tune=_data(100, seed=1), config=FineTune(epochs=5, lr=1e-2, progress=False,
+    report = fine_tune(net, _data(), tune=_data(100, seed=1), config=FineTune(epochs=10, lr=1e-2, batch_size=16, progress=False, patience=10,
                                                                                schedule="onecycle", augment="none"))
     assert report.score_name == "top1" and report.best_score > 0.8
     assert len(report.history) == report.epochs_run

@@ -97,14 +97,20 @@ def layer_storage(name: str, weight: np.ndarray, *, value_bits: int = 32, index_
     values = w[mask]
     distinct = int(np.unique(values).size)
     index_width = max(1, int(np.ceil(np.log2(max(distinct, 2)))))
-    codebook_bits = stored * (index_width + index_bits) + distinct * codebook_value_bits
-    # Huffman over the cluster indices (fillers are one extra symbol) and over the gaps.
+    sparse_codebook_bits = stored * (index_width + index_bits) + distinct * codebook_value_bits
+    # Dense tensors are cheaper without relative indices: every element's cluster index (zero included).
+    all_values, all_index = np.unique(w, return_inverse=True)
+    dense_width = max(1, int(np.ceil(np.log2(max(all_values.size, 2)))))
+    dense_codebook_bits = w.size * dense_width + all_values.size * codebook_value_bits
+    codebook_bits = min(sparse_codebook_bits, dense_codebook_bits)
+    # Huffman over the cluster indices (fillers are one extra symbol) and over the gaps, or over all indices.
     _, cluster_index = np.unique(values, return_inverse=True)
     symbols = np.concatenate([cluster_index.reshape(-1), np.full(fillers, -1)])
     gap_stream = np.concatenate([gaps, np.full(fillers, 2 ** index_bits - 1)])
-    huffman_total = huffman_bits(symbols) + huffman_bits(gap_stream) + distinct * codebook_value_bits
+    sparse_huffman = huffman_bits(symbols) + huffman_bits(gap_stream) + distinct * codebook_value_bits
+    dense_huffman = huffman_bits(all_index.reshape(-1)) + all_values.size * codebook_value_bits
     # An encoder keeps the fixed-width streams when the code tables outweigh the gain (tiny tensors).
-    huffman_total = min(huffman_total, codebook_bits)
+    huffman_total = min(sparse_huffman, dense_huffman, codebook_bits)
     dense_bytes = w.size * 4
     return LayerStorage(name=name, numel=int(w.size), nonzero=nnz, distinct=distinct, dense_fp32=dense_bytes,
                         sparse=min(_bytes(sparse_bits), dense_bytes), codebook=_bytes(codebook_bits),

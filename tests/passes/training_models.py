@@ -8,11 +8,14 @@ FAST = {"progress": False, "batch_size": 64}
 
 
 def mnist_rows(mnist_path, start: int, stop: int):
-    """MNIST rows [start, stop) from the real mnist_5k CSV, pixels scaled to 0..1."""
+    """Rows [start, stop) of a fixed shuffle of the real mnist_5k CSV (the file is sorted by digit), pixels 0..1."""
+    from dataclasses import replace
+
     from edgeopt.data import Preprocess, load_data
 
     data = load_data(mnist_path, preprocess=Preprocess(scale=1 / 255))
-    return data.take(start, stop)
+    order = np.random.default_rng(0).permutation(len(data))[start:stop]
+    return replace(data, x=data.x[order], y=data.y[order], name=f"mnist_shuffled[{start}:{stop}]", rows=None)
 
 
 def trained_mlp(mnist_path, hidden=(64, 32), epochs: int = 3, seed: int = 0):

@@ -197,7 +197,7 @@ class PruneChannels(Pass):
 
     def __init__(self, *, ratio: float = 0.25, importance: str = "l2", scope: str = "layer",
                  epochs: int = 3, lr: float = 5e-4, round_to: int = 1, feature_weight: float = 1.0,
-                 reconstruct: bool = True, calibration_samples: int = 512):
+                 reconstruct: bool = True, calibration_samples: int = 512, train_classifier: bool = False):
         self.ratio = ratio
         self.importance = importance
         self.scope = scope
@@ -207,6 +207,7 @@ class PruneChannels(Pass):
         self.feature_weight = feature_weight
         self.reconstruct = reconstruct
         self.calibration_samples = calibration_samples
+        self.train_classifier = train_classifier
 
     @classmethod
     def search_space(cls):
@@ -221,6 +222,8 @@ class PruneChannels(Pass):
             raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"{self.name}: parameter 'round_to' must be an int >= 1; got {self.round_to!r}")
+        if not isinstance(self.train_classifier, bool):
+            raise ConfigError(f"{self.name}: parameter 'train_classifier' must be true or false; got {self.train_classifier!r}")
         if not isinstance(self.reconstruct, bool):
             raise ConfigError(f"{self.name}: parameter 'reconstruct' must be true or false; got {self.reconstruct!r}")
         if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
@@ -284,8 +287,12 @@ class PruneChannels(Pass):
         if self.epochs > 0 and self.feature_weight > 0:
             hints = FeatureHints(module, teacher, kept, float(self.feature_weight))
         try:
+            # The classifier keeps its outputs; frozen, it cannot learn to ignore classes missing from
+            # the tuning data (which is often a skewed sample) while the features recover.
+            frozen = set() if self.train_classifier else {id(p) for m in ignored for p in m.parameters()}
+            trainable = [p for p in module.parameters() if id(p) not in frozen]
             report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})),
-                             callbacks=Callbacks(extra_loss=hints))
+                             callbacks=Callbacks(extra_loss=hints), trainable=trainable)
         finally:
             if hints is not None:
                 hints.close()
