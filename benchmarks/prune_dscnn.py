@@ -58,9 +58,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--importance", default="l2")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--feature-weight", type=float, default=1.0)
+    parser.add_argument("--scope", default="global", choices=["global", "layer"])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--feature-weight", type=float, default=5.0)
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
@@ -89,7 +90,7 @@ def main() -> None:
     base = evaluate(original)
     ctx = PassContext(tune=tune, teacher=original, seed=args.seed,
                       options={"fine_tune": {"alpha": args.alpha, "progress": False}})
-    pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs,
+    pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs, "scope": args.scope,
                                           "lr": args.lr, "feature_weight": args.feature_weight})(original, ctx)
     pruned_eval = evaluate(pruned.model)
 
@@ -104,18 +105,23 @@ def main() -> None:
         int8 = ort_int8(pruned.model, calib)
         int8_how = "onnxruntime quantize_static QDQ U8S8 per-channel (quantize.int8 not on this branch)"
     int8_eval = evaluate(int8)
-    original_int8 = ort_int8(original, calib) if int8_how.startswith("onnxruntime") else \
-        make_pass("quantize.int8", {})(original, PassContext(calib=__import__("edgeopt.data", fromlist=["Dataset"]).Dataset(calib))).model
+    if int8_how.startswith("onnxruntime"):
+        original_int8 = ort_int8(original, calib)
+    else:
+        from edgeopt.data import Dataset
+
+        original_int8 = make_pass("quantize.int8", {})(original, PassContext(calib=Dataset(calib), seed=args.seed)).model
     original_int8_eval = evaluate(original_int8)
 
     macs = {name: edgeopt.profile(h).macs for name, h in
             [("fp32", original), ("pruned", pruned.model), ("int8", original_int8), ("pruned_int8", int8)]}
     report = benchmark([original, pruned.model, original_int8, int8], threads=1, rounds=args.rounds,
                        iterations=300, warmup=30)
-    lat = {r.name: r.best_round_median_ms for r in report.results}
     order = ["fp32", "pruned", "int8", "pruned_int8"]
     latency = dict(zip(order, [r.best_round_median_ms for r in report.results]))
     sizes = dict(zip(order, [r.size_bytes for r in report.results]))
+    per_class = {name: {str(names[c]): float(np.mean(e.per_sample[evaluation.y == c])) for c in np.unique(evaluation.y)}
+                 for name, e in [("fp32", base), ("pruned", pruned_eval)]}
     evals = {"fp32": base, "pruned": pruned_eval, "int8": original_int8_eval, "pruned_int8": int8_eval}
     rows = []
     for name in order:
@@ -128,7 +134,7 @@ def main() -> None:
         "tune_rows": "0-2889", "eval_rows": "2890-4889", "tune_class_mix": mix(tune), "eval_class_mix": mix(evaluation),
         "settings": vars(args) | {"json": str(args.json) if args.json else None}, "int8_method": int8_how,
         "prune_stats": {k: v for k, v in pruned.stats.items() if k != "fine_tune"},
-        "fine_tune": pruned.stats["fine_tune"], "rows": rows,
+        "fine_tune": pruned.stats["fine_tune"], "rows": rows, "eval_per_class_top1": per_class,
         "latency_method": report.to_dict()["method"], "latency_settings": report.settings,
         "seconds": time.perf_counter() - t0,
     }
@@ -139,6 +145,7 @@ def main() -> None:
         ci = f"{r['drop_ci95_pt'][0]:+.2f}..{r['drop_ci95_pt'][1]:+.2f}"
         print(f"{r['model']:<12} {r['top1']:>7.2%} {r['drop_pt']:>8.2f} {ci:>15} {r['macs']:>10,} {r['mac_ratio']:>6.3f} "
               f"{r['latency_p50_ms']:>8.4f} {r['latency_ratio']:>6.3f} {r['size_bytes']:>8,}")
+    print("per-class top-1 on the evaluation rows:", json.dumps(per_class))
     print(json.dumps(result, indent=1, default=str))
     if args.json:
         from edgeopt._io import write_text_atomic

@@ -196,8 +196,9 @@ class PruneChannels(Pass):
     description: ClassVar[str] = "structured channel pruning (Torch-Pruning DepGraph) + distillation fine-tuning"
 
     def __init__(self, *, ratio: float = 0.25, importance: str = "l2", scope: str = "layer",
-                 epochs: int = 3, lr: float = 5e-4, round_to: int = 1, feature_weight: float = 1.0,
-                 reconstruct: bool = True, calibration_samples: int = 512, train_classifier: bool = False):
+                 epochs: int = 3, lr: float = 5e-4, round_to: int = 8, feature_weight: float = 1.0,
+                 reconstruct: bool = True, calibration_samples: int = 512, train_classifier: bool = False,
+                 steps: int = 1):
         self.ratio = ratio
         self.importance = importance
         self.scope = scope
@@ -208,6 +209,7 @@ class PruneChannels(Pass):
         self.reconstruct = reconstruct
         self.calibration_samples = calibration_samples
         self.train_classifier = train_classifier
+        self.steps = steps
 
     @classmethod
     def search_space(cls):
@@ -222,6 +224,8 @@ class PruneChannels(Pass):
             raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"{self.name}: parameter 'round_to' must be an int >= 1; got {self.round_to!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 20:
+            raise ConfigError(f"{self.name}: parameter 'steps' must be an int in [1, 20]; got {self.steps!r}")
         if not isinstance(self.train_classifier, bool):
             raise ConfigError(f"{self.name}: parameter 'train_classifier' must be true or false; got {self.train_classifier!r}")
         if not isinstance(self.reconstruct, bool):
@@ -242,6 +246,8 @@ class PruneChannels(Pass):
         return tp.importance.TaylorImportance()
 
     def run(self, model, ctx: PassContext) -> PassResult:
+        import copy
+
         import numpy as np
         import torch
         import torch_pruning as tp
@@ -259,31 +265,40 @@ class PruneChannels(Pass):
         pruner = tp.pruner.MetaPruner(
             module, example, importance=self._importance(), pruning_ratio=float(self.ratio),
             global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored,
-            round_to=self.round_to if self.round_to > 1 else None)
-        if self.importance == "taylor":
-            # Taylor importance reads gradients: one batch of the task (or distillation) loss.
+            round_to=self.round_to if self.round_to > 1 else None, iterative_steps=self.steps)
+        needs_teacher = self.reconstruct or (self.epochs > 0 and self.feature_weight > 0)
+        teacher = to_torch(model) if needs_teacher else None
+        kept = {n: list(range(c)) for n, c in channels_before.items()}
+        x_calib = None
+        if self.reconstruct or self.importance == "taylor":
             train, _ = training_data(model, ctx)
-            torch.manual_seed(ctx.seed)
-            x = torch.from_numpy(train.x[:128].astype("float32"))
-            out = module(x)
-            if train.has_labels:
-                loss = torch.nn.functional.nll_loss(log_probabilities(out), torch.from_numpy(train.y[:128].astype("int64")))
-            else:
-                target = torch.from_numpy(model.predict(train.x[:128])[0])
-                loss = torch.nn.functional.mse_loss(out, target)
-            module.zero_grad()
-            loss.backward()
-        pruner.step()
-        module.zero_grad(set_to_none=True)
+            rows = np.sort(np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples])
+            x_calib = torch.from_numpy(np.ascontiguousarray(train.x[rows], dtype=np.float32))
+            y_calib = torch.from_numpy(train.y[rows].astype("int64")) if train.has_labels else None
+        refit: list[str] = []
+        for _ in range(self.steps):
+            if self.importance == "taylor":
+                # Taylor importance reads gradients: the task loss (or distance to the teacher's outputs).
+                out = module(x_calib)
+                if y_calib is not None:
+                    loss = torch.nn.functional.nll_loss(log_probabilities(out), y_calib)
+                else:
+                    target = torch.from_numpy(model.predict(x_calib.numpy())[0])
+                    loss = torch.nn.functional.mse_loss(out, target)
+                module.zero_grad()
+                loss.backward()
+            before = copy.deepcopy(module) if teacher is not None else None
+            pruner.step()
+            module.zero_grad(set_to_none=True)
+            if teacher is None:
+                continue
+            # Compose this step's surviving channels with the earlier ones (biases change when refit).
+            local = kept_channels(before, module)
+            kept = {n: [kept[n][i] for i in idx] for n, idx in local.items() if n in kept}
+            if self.reconstruct:
+                refit = reconstruct(module, teacher, kept, x_calib, seed=ctx.seed)
         macs_after, params_after = macs_and_params(module, example)
-        hints, refit = None, []
-        teacher = to_torch(model) if (self.reconstruct or (self.epochs > 0 and self.feature_weight > 0)) else None
-        kept = kept_channels(teacher, module) if teacher is not None else {}
-        if self.reconstruct:
-            train, _ = training_data(model, ctx)
-            rows = np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples]
-            x = torch.from_numpy(np.ascontiguousarray(train.x[np.sort(rows)], dtype=np.float32))
-            refit = reconstruct(module, teacher, kept, x, seed=ctx.seed)
+        hints = None
         if self.epochs > 0 and self.feature_weight > 0:
             hints = FeatureHints(module, teacher, kept, float(self.feature_weight))
         try:
