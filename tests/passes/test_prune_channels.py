@@ -29,7 +29,7 @@ class TestPruneChannelsContract(PassContract):
     @pytest.fixture
     def bad_params(self):
         return [{"ratio": 0.0}, {"ratio": 1.5}, {"importance": "l3"}, {"scope": "everywhere"}, {"epochs": -1},
-                {"round_to": 0}]
+                {"round_to": 0}, {"steps": 0}, {"reconstruct": "yes"}, {"feature_weight": -1}]
 
 
 def _conv_out_channels(handle):
@@ -49,7 +49,7 @@ def test_dscnn_loses_channels_and_macs(dscnn, ctx):
 def test_resnet8_residual_groups_prune_consistently(resnet8, cifar):
     from edgeopt.passes.base import PassContext
 
-    result = PruneChannels(ratio=0.3, epochs=0, scope="global", importance="l1")(resnet8, PassContext())
+    result = PruneChannels(ratio=0.3, epochs=0, scope="global", importance="l1", reconstruct=False)(resnet8, PassContext())
     out = result.model.run(cifar.x[:4].astype(np.float32))[0]
     assert out.shape == (4, 10) and np.allclose(out.sum(1), 1, atol=1e-4)
     assert result.stats["params_after"] < result.stats["params_before"]
@@ -58,3 +58,19 @@ def test_resnet8_residual_groups_prune_consistently(resnet8, cifar):
 def test_taylor_importance_uses_data(dscnn, ctx):
     result = PruneChannels(ratio=0.2, epochs=0, importance="taylor")(dscnn, ctx)
     assert result.stats["mac_reduction"] > 0.2
+
+
+def test_least_squares_refit_brings_outputs_back_toward_the_original(dscnn, ctx, kws_data):
+    held_out = kws_data.x[::25]
+    reference = dscnn.predict(held_out)[0].argmax(1)
+    plain = PruneChannels(ratio=0.25, epochs=0, reconstruct=False)(dscnn, ctx).model
+    refit = PruneChannels(ratio=0.25, epochs=0, reconstruct=True)(dscnn, ctx)
+    agree_plain = np.mean(plain.predict(held_out)[0].argmax(1) == reference)
+    agree_refit = np.mean(refit.model.predict(held_out)[0].argmax(1) == reference)
+    assert refit.stats["reconstructed_layers"] >= 4
+    assert agree_refit > agree_plain + 0.2, (agree_plain, agree_refit)
+
+
+def test_channel_counts_rounded_for_fast_kernels(dscnn, ctx):
+    result = PruneChannels(ratio=0.2, epochs=0, round_to=8, reconstruct=False)(dscnn, ctx)
+    assert all(c % 8 == 0 for c in _conv_out_channels(result.model))
