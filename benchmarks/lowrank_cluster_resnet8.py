@@ -57,13 +57,13 @@ def main() -> None:
     base = evaluate(original)
     runs = [
         ("fp32", None),
-        ("lowrank energy 0.98", LowRank(energy=0.98, epochs=args.epochs, lr=5e-4)),
-        ("lowrank energy 0.95", LowRank(energy=0.95, epochs=args.epochs, lr=5e-4)),
-        ("lowrank MACs 0.5", LowRank(mac_fraction=0.5, epochs=args.epochs, lr=5e-4)),
+        ("lowrank energy 0.95", LowRank(energy=0.95, epochs=args.epochs, lr=5e-5)),
+        ("lowrank MACs 0.75", LowRank(mac_fraction=0.75, epochs=args.epochs, lr=5e-5)),
+        ("lowrank MACs 0.5", LowRank(mac_fraction=0.5, epochs=args.epochs, lr=5e-5)),
         ("cluster 64", ClusterWeights(clusters=64, epochs=0)),
         ("cluster 64 int8", ClusterWeights(clusters=64, epochs=0, codebook="int8")),
-        ("cluster 32 +ft", ClusterWeights(clusters=32, epochs=args.epochs // 2, lr=1e-4)),
-        ("cluster 16 +ft", ClusterWeights(clusters=16, epochs=args.epochs // 2, lr=1e-4)),
+        ("cluster 32 +ft", ClusterWeights(clusters=32, epochs=args.epochs // 2, lr=2e-5)),
+        ("cluster 16 +ft", ClusterWeights(clusters=16, epochs=args.epochs // 2, lr=2e-5)),
     ]
     rows = []
     for name, p in runs:

@@ -32,7 +32,10 @@ class FineTune:
 
     ``alpha`` weighs distillation against the task loss: ``alpha * KL + (1 - alpha) * CE``
     (with no labels the loss is the distillation term alone). ``patience`` epochs without
-    improvement on the tuning split stop the run.
+    improvement on the tuning split stop the run. AdamW moves every weight by about ``lr`` per step
+    whatever its scale, so a tensor of small weights (a first layer fed 0..255 pixels has RMS ~0.005)
+    gets its learning rate capped at ``max_relative_step * RMS(tensor)``: a few hundred steps must
+    not wipe it out.
     """
 
     epochs: int = 3
@@ -46,6 +49,7 @@ class FineTune:
     augment: str = "auto"
     threads: int = 1
     holdout: float = 0.1
+    max_relative_step: float = 0.01
     progress: bool = True
 
     def validate(self) -> None:
@@ -63,6 +67,8 @@ class FineTune:
             raise ConfigError(f"fine-tune alpha (distillation weight) must be in [0, 1]; got {self.alpha!r}")
         if not self.temperature > 0:
             raise ConfigError(f"fine-tune temperature must be > 0; got {self.temperature!r}")
+        if not self.max_relative_step > 0:
+            raise ConfigError(f"fine-tune max_relative_step must be > 0; got {self.max_relative_step!r}")
         if not 0 <= self.holdout < 0.5:
             raise ConfigError(f"fine-tune holdout must be a fraction in [0, 0.5); got {self.holdout!r}")
 
@@ -268,13 +274,17 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
     try:
         if config.epochs == 0 or not params:
             return result
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        groups = []
+        for p in params:
+            rms = float(p.detach().pow(2).mean().sqrt()) if p.numel() else 0.0
+            groups.append({"params": [p], "lr": min(config.lr, config.max_relative_step * rms) if rms > 0 else config.lr})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = max(1, int(np.ceil(len(x_all) / config.batch_size)))
         total = steps_per_epoch * config.epochs
         if config.schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         elif config.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total)
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
         best_state, stale = None, 0

@@ -47,7 +47,7 @@ def test_energy_rank():
 
 
 def test_linear_rank_reached_in_onnx(mlp, mnist_ctx):
-    result = LowRank(energy=0.6, epochs=1)(mlp, mnist_ctx)
+    result = LowRank(energy=0.8, epochs=3, lr=2e-3)(mlp, mnist_ctx)
     ranks = result.stats["ranks"]
     assert ranks, "no layer was factorized"
     inner = sorted(min(w.shape) for w in onnx_weight_arrays(result.model).values())

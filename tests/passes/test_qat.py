@@ -46,7 +46,8 @@ def test_exported_qdq_has_ptq_semantics(dscnn, ctx, kws_data):
                     if n.op_type == "Constant" and n.attribute[0].name == "value"})
     activation_types = {tensors[n.input[2]].dtype for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     assert activation_types == {np.dtype(np.uint8)}  # U8 activations, S8 weights: the PTQ path's U8S8
-    assert result.stats["qdq_reference_max_abs"] <= 2e-3
+    assert result.stats["qdq_reference_max_abs"] <= 1e-2
+    assert result.stats["qdq_reference_top1_agreement"] >= 0.99
     assert result.stats["ort_int8_kernels_top1_agreement"] >= 0.95
     assert result.model.size_bytes < 0.7 * dscnn.size_bytes
     x, y = kws_data.x[::10], kws_data.y[::10]

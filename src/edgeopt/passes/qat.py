@@ -11,7 +11,8 @@ int8 initializers feeding a DequantizeLinear. Activation ranges come from the ca
 The exported model is checked before it is returned: run by ONNX Runtime with graph optimizations
 off (every QuantizeLinear/DequantizeLinear executed as written, i.e. the QDQ reference semantics)
 it must match the fake-quant PyTorch outputs within :data:`TOLERANCE` (max abs, relative to
-max(1, |output|)). With optimizations on, ONNX Runtime fuses the QDQ pattern into its integer
+max(1, |output|); a float rounding tie in one activation moves it by one quantization step) with
+top-1 agreement >= :data:`MIN_AGREEMENT`. With optimizations on, ONNX Runtime fuses the QDQ pattern into its integer
 kernels (QLinearConv), whose requantization rounds differently at near-ties; that agreement is
 measured and reported in the stats (``ort_int8_kernels_*``), not hidden.
 """
@@ -28,7 +29,8 @@ from ..errors import ConfigError, VerificationError
 from ..training import fine_tune_config, recover
 from .base import IntRange, Pass, PassContext, PassResult
 
-TOLERANCE = 2e-3
+TOLERANCE = 1e-2
+MIN_AGREEMENT = 0.99
 _QUANT_LAYERS = ("Conv1d", "Conv2d", "Linear")
 
 
@@ -208,15 +210,17 @@ class QuantAwareTraining(Pass):
         reference = make_session(new.onnx_bytes, optimize=False).run(None, {model.inputs[0].name: check})[0]
         max_err = float(np.max(np.abs(fake - reference)))
         scale = max(1.0, float(np.max(np.abs(fake))))
-        if max_err > TOLERANCE * scale:
+        reference_agreement = float(np.mean(fake.argmax(-1) == reference.argmax(-1))) if fake.ndim == 2 else 1.0
+        if max_err > TOLERANCE * scale or reference_agreement < MIN_AGREEMENT:
             raise VerificationError(
                 f"{self.name}: the exported QDQ model (ONNX Runtime, QDQ ops run as written) deviates from the "
-                f"fake-quant PyTorch model by {max_err:.3g} (tolerance {TOLERANCE:g} x {scale:.3g})")
+                f"fake-quant PyTorch model by {max_err:.3g} (tolerance {TOLERANCE:g} x {scale:.3g}), top-1 agreement "
+                f"{reference_agreement:.4f} (need >= {MIN_AGREEMENT})")
         fused = new.predict(check)[0]
         agreement = float(np.mean(fake.argmax(-1) == fused.argmax(-1))) if fake.ndim == 2 and fake.shape[1] > 1 else 1.0
         return PassResult(new, {
             "quantized_layers": len(wrappers), "int8_weights": folded,
-            "qdq_reference_max_abs": max_err,
+            "qdq_reference_max_abs": max_err, "qdq_reference_top1_agreement": reference_agreement,
             "ort_int8_kernels_top1_agreement": agreement,
             "ort_int8_kernels_max_abs": float(np.max(np.abs(fake - fused))),
             "activation_scales": [w.input_qparams()[0] for w in wrappers], "fine_tune": report.to_dict(),
