@@ -22,7 +22,7 @@ def _net(seed=0):
 
 
 def test_same_seed_same_weights():
-    cfg = FineTune(epochs=2, lr=1e-2, progress=False, augment="noise")
+    cfg = FineTune(epochs=2, lr=1e-2, progress=False, augment="noise", max_relative_step=1.0)
     a, b = _net(), _net()
     fine_tune(a, _data(), config=cfg, seed=7)
     fine_tune(b, _data(), config=cfg, seed=7)
@@ -32,7 +32,7 @@ def test_same_seed_same_weights():
 
 def test_learns_and_reports_history():
     net = _net()
-    report = fine_tune(net, _data(), tune=_data(100, seed=1), config=FineTune(epochs=10, lr=1e-2, batch_size=16, progress=False, patience=10,
+    report = fine_tune(net, _data(), tune=_data(100, seed=1), config=FineTune(epochs=10, lr=1e-2, batch_size=16, progress=False, patience=10, max_relative_step=1.0,
                                                                                schedule="onecycle", augment="none"))
     assert report.score_name == "top1" and report.best_score > 0.8
     assert len(report.history) == report.epochs_run
@@ -64,3 +64,14 @@ def test_time_shift_moves_only_time_axis():
     for sample in out:
         row = sample[..., 0].sum(axis=1).argmax()
         assert np.allclose(sample[row, :, 0], 1.0)
+
+
+def test_small_weights_get_a_capped_learning_rate():
+    """A tensor of tiny weights (a first layer fed 0..255 pixels) must survive a short recovery run."""
+    net = _net()
+    with torch.no_grad():
+        net[0].weight.mul_(0.01)
+    before = net[0].weight.detach().clone()
+    fine_tune(net, _data(), config=FineTune(epochs=3, lr=1e-2, progress=False, augment="none"), seed=0)
+    relative_change = float((net[0].weight - before).norm() / before.norm())
+    assert relative_change < 0.5

@@ -44,7 +44,7 @@ def test_at_most_n_distinct_values_per_layer(mlp, mnist_ctx, epochs):
     result = ClusterWeights(clusters=8, epochs=epochs)(mlp, mnist_ctx)
     for name, w in onnx_weight_arrays(result.model).items():
         assert np.unique(w).size <= 8, name
-    assert result.stats["huffman_bytes"] < result.stats["codebook_bytes"] < result.stats["dense_bytes"] / 8
+    assert result.stats["huffman_bytes"] <= result.stats["codebook_bytes"] < result.stats["dense_bytes"] / 8
     acc = np.mean(result.model.predict(mnist_ctx.tune.x)[0].argmax(1) == mnist_ctx.tune.y)
     assert acc > 0.6
 

@@ -33,7 +33,9 @@ def trained_mlp(mnist_path, hidden=(64, 32), epochs: int = 3, seed: int = 0):
         width = h
     net = nn.Sequential(*layers, nn.Linear(width, 10))
     train = mnist_rows(mnist_path, 0, 1000)
-    fine_tune(net, train, config=FineTune(epochs=epochs, lr=3e-3, augment="none", holdout=0.0, **FAST), seed=seed)
+    # From scratch: no per-tensor LR cap (it protects trained weights during short recoveries).
+    fine_tune(net, train, config=FineTune(epochs=epochs, lr=3e-3, augment="none", holdout=0.0, max_relative_step=1.0,
+                                          **FAST), seed=seed)
     return edgeopt.load(net, example_inputs=torch.zeros(1, 784), name="mlp")
 
 
