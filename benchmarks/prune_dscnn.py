@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="issue", choices=["issue", "random"],
+                        help="issue: rows 0-2889 / 2890-4889 (sorted by class); random: a seeded shuffle, same sizes "
+                             "(supplementary: shows what representative tuning data changes)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -80,7 +83,14 @@ def main() -> None:
     t0 = time.perf_counter()
     original = edgeopt.load(SHARED / "mlperf_tiny/kws/dscnn_kws12.onnx")
     data = load_data(SHARED / "datasets/speech_commands_test_v0.02_mlperf_mfcc.npz")
-    tune, evaluation = data.take(0, 2890), data.take(2890, 4890)
+    if args.split == "random":
+        from dataclasses import replace as _replace
+
+        order = np.random.default_rng(args.seed).permutation(len(data))
+        pick = lambda idx, name: _replace(data, x=data.x[np.sort(idx)], y=data.y[np.sort(idx)], name=name, rows=None)
+        tune, evaluation = pick(order[:2890], "tune_random_2890"), pick(order[2890:4890], "eval_random_2000")
+    else:
+        tune, evaluation = data.take(0, 2890), data.take(2890, 4890)
     names = list(data.label_names or range(12))
     mix = lambda d: {str(names[c]): int(n) for c, n in enumerate(np.bincount(d.y.astype(int), minlength=12)) if n}
 
@@ -131,15 +141,17 @@ def main() -> None:
                      "mac_ratio": macs[name] / macs["fp32"], "latency_p50_ms": latency[name],
                      "latency_ratio": latency[name] / latency["fp32"], "size_bytes": sizes[name]})
     result = {
-        "tune_rows": "0-2889", "eval_rows": "2890-4889", "tune_class_mix": mix(tune), "eval_class_mix": mix(evaluation),
+        "split": args.split,
+        "tune_rows": "0-2889" if args.split == "issue" else "seeded random 2890 rows",
+        "eval_rows": "2890-4889" if args.split == "issue" else "the other 2000 rows", "tune_class_mix": mix(tune), "eval_class_mix": mix(evaluation),
         "settings": vars(args) | {"json": str(args.json) if args.json else None}, "int8_method": int8_how,
         "prune_stats": {k: v for k, v in pruned.stats.items() if k != "fine_tune"},
         "fine_tune": pruned.stats["fine_tune"], "rows": rows, "eval_per_class_top1": per_class,
         "latency_method": report.to_dict()["method"], "latency_settings": report.settings,
         "seconds": time.perf_counter() - t0,
     }
-    print(f"tune rows 0-2889 class mix: {result['tune_class_mix']}")
-    print(f"eval rows 2890-4889 class mix: {result['eval_class_mix']}")
+    print(f"tune rows ({result['tune_rows']}) class mix: {result['tune_class_mix']}")
+    print(f"eval rows ({result['eval_rows']}) class mix: {result['eval_class_mix']}")
     print(f"{'model':<12} {'top-1':>7} {'drop pt':>8} {'95% CI':>15} {'MACs':>10} {'xMACs':>6} {'p50 ms':>8} {'x lat':>6} {'bytes':>8}")
     for r in rows:
         ci = f"{r['drop_ci95_pt'][0]:+.2f}..{r['drop_ci95_pt'][1]:+.2f}"
