@@ -29,6 +29,7 @@ _LAZY = {
     "optimize": "optimizer",
     "Recipe": "recipe",
     "Target": "target",
+    "export_c": "codegen",
 }
 
 __all__ = sorted(_LAZY) + ["errors", "__version__"]

@@ -80,20 +80,35 @@ def _broadcast(value, x: np.ndarray, channel_axis: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs ``x`` (batch first) and optional labels ``y``; ``rows`` records which source rows these are."""
+    """Inputs ``x`` (samples on axis 0) and optional labels ``y``; ``rows`` records which source rows these are.
 
-    x: np.ndarray
+    ``x`` is one array, or ``{input name: array}`` for a model with several inputs (token ids and
+    an attention mask; features and a recurrent state), every array with the samples on axis 0.
+    """
+
+    x: np.ndarray | Mapping[str, np.ndarray]
     y: np.ndarray | None = None
     name: str = "data"
     rows: tuple[int, int] | None = None
     label_names: tuple[str, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        if self.y is not None and len(self.y) != len(self.x):
-            raise DataError(f"data {self.name!r} has {len(self.x)} inputs but {len(self.y)} labels")
+        if isinstance(self.x, Mapping):
+            if not self.x:
+                raise DataError(f"data {self.name!r} has no input arrays")
+            lengths = {k: len(v) for k, v in self.x.items()}
+            if len(set(lengths.values())) > 1:
+                raise DataError(f"data {self.name!r} has input arrays with different numbers of rows {lengths}; "
+                                "every input needs one row per sample")
+        if self.y is not None and len(self.y) != len(self):
+            raise DataError(f"data {self.name!r} has {len(self)} inputs but {len(self.y)} labels")
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(next(iter(self.x.values()))) if isinstance(self.x, Mapping) else len(self.x)
+
+    @property
+    def is_multi_input(self) -> bool:
+        return isinstance(self.x, Mapping)
 
     @property
     def has_labels(self) -> bool:
@@ -103,12 +118,16 @@ class Dataset:
         """Rows ``start:stop`` (in this dataset's numbering) as a new Dataset."""
         stop = len(self) if stop is None else stop
         offset = self.rows[0] if self.rows else 0
-        return replace(self, x=self.x[start:stop], y=None if self.y is None else self.y[start:stop],
+        x = {k: v[start:stop] for k, v in self.x.items()} if self.is_multi_input else self.x[start:stop]
+        return replace(self, x=x, y=None if self.y is None else self.y[start:stop],
                        name=name or f"{self.name}[{start}:{stop}]", rows=(offset + start, offset + stop))
 
     def preprocess(self, pre: Preprocess | None) -> "Dataset":
         if pre is None or pre.is_identity():
             return self
+        if self.is_multi_input:
+            raise ConfigError(f"preprocessing (scale, mean/std, layout) applies to single-input data; data {self.name!r} "
+                              f"has inputs {list(self.x)}: prepare each array before saving it")
         return replace(self, x=pre.apply(self.x))
 
     def splits(self, **ranges: str | tuple[int, int | None] | None) -> dict[str, "Dataset"]:
@@ -116,7 +135,12 @@ class Dataset:
         return split(self, ranges)
 
     def describe(self) -> dict:
-        return {"name": self.name, "samples": len(self), "x_shape": list(self.x.shape), "x_dtype": str(self.x.dtype),
+        if self.is_multi_input:
+            shape: Any = {k: list(v.shape) for k, v in self.x.items()}
+            dtype: Any = {k: str(v.dtype) for k, v in self.x.items()}
+        else:
+            shape, dtype = list(self.x.shape), str(self.x.dtype)
+        return {"name": self.name, "samples": len(self), "x_shape": shape, "x_dtype": dtype,
                 "labels": self.has_labels, "rows": list(self.rows) if self.rows else None}
 
 
@@ -194,7 +218,12 @@ def load_data(
     name: str | None = None,
 ) -> Dataset:
     """Read data from an ``.npz``, a ``.csv``/``.csv.gz``, a folder of images (one subfolder per
-    class), numpy arrays, or an iterable of ``(x, y)`` batches (e.g. a torch DataLoader).
+    class), numpy arrays, ``{input name: array}``, or an iterable of ``(x, y)`` batches (e.g. a
+    torch DataLoader).
+
+    For a model with several inputs, ``x_key`` lists the ``.npz`` arrays separated by commas
+    (``x_key="input_ids,attention_mask"``): ``x`` becomes ``{name: array}``, and each name must be
+    the model input it feeds.
 
     >>> d = load_data("../shared/data/datasets/cifar10_test_first1000.npz")  # doctest: +SKIP
     >>> d.x.shape, d.y.shape  # doctest: +SKIP
@@ -219,8 +248,11 @@ def load_data(
             raise DataError(f"unknown data format for {str(path)!r}; expected .npz, .npy, .csv(.gz) or a folder of images")
     elif isinstance(source, np.ndarray):
         data = Dataset(source, None, name=name or "array")
-    elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], np.ndarray):
-        data = Dataset(np.asarray(source[0]), None if source[1] is None else np.asarray(source[1]), name=name or "arrays")
+    elif isinstance(source, Mapping):
+        data = Dataset(_input_arrays(source), None, name=name or "arrays")
+    elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], (np.ndarray, Mapping)):
+        x = _input_arrays(source[0]) if isinstance(source[0], Mapping) else np.asarray(source[0])
+        data = Dataset(x, None if source[1] is None else np.asarray(source[1]), name=name or "arrays")
     elif isinstance(source, Iterable):
         data = _read_iterable(source)
     else:
@@ -230,6 +262,15 @@ def load_data(
     if limit is not None:
         data = data.take(0, min(limit, len(data)))
     return data.preprocess(preprocess)
+
+
+def _input_arrays(mapping: Mapping) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise DataError(f"multi-input data must map input names (str) to arrays; got key {key!r}")
+        out[key] = _to_numpy(value)
+    return out
 
 
 def _safe_npy(path: Path) -> np.ndarray:
@@ -246,11 +287,14 @@ def _read_npz(path: Path, x_key: str, y_key: str | None) -> Dataset:
         raise DataError(f"{str(path)!r} is not a readable .npz archive: {e}") from e
     with archive:
         keys = list(archive.keys())
-        if x_key not in keys:
-            raise DataError(f"{str(path)!r} has no array {x_key!r} for the inputs; its arrays are {keys}. "
-                            "Choose one with --x-key (Python: x_key=)")
+        x_keys = [k.strip() for k in x_key.split(",") if k.strip()]
+        absent = [k for k in x_keys if k not in keys]
+        if absent or not x_keys:
+            raise DataError(f"{str(path)!r} has no array {', '.join(map(repr, absent)) or repr(x_key)} for the inputs; "
+                            f"its arrays are {keys}. Choose with --x-key (Python: x_key=); several inputs as a comma "
+                            "list like 'input_ids,attention_mask'")
         try:
-            x = archive[x_key]
+            x = archive[x_keys[0]] if len(x_keys) == 1 and "," not in x_key else {k: archive[k] for k in x_keys}
             y = archive[y_key] if (y_key and y_key in keys) else None
             names = tuple(str(s) for s in archive["label_names"]) if "label_names" in keys else None
         except ValueError as e:
@@ -320,12 +364,19 @@ def _read_iterable(source: Iterable) -> Dataset:
     xs, ys = [], []
     for item in source:
         if isinstance(item, (tuple, list)) and len(item) >= 2:
-            xs.append(_to_numpy(item[0]))
+            xs.append(item[0])
             ys.append(_to_numpy(item[1]))
         else:
-            xs.append(_to_numpy(item))
+            xs.append(item)
     if not xs:
         raise DataError("the data iterable yielded nothing")
+    if isinstance(xs[0], Mapping):  # batches of {input name: tensor}, as tokenizer pipelines yield
+        if not all(isinstance(b, Mapping) and set(b) == set(xs[0]) for b in xs):
+            raise DataError("the data iterable mixes batches with different input names; every batch needs the same inputs")
+        arrays = {k: np.concatenate([np.atleast_1d(_to_numpy(b[k])) for b in xs]) for k in xs[0]}
+        y = np.concatenate([np.atleast_1d(v) for v in ys]) if ys else None
+        return Dataset(_input_arrays(arrays), y, name="iterable")
+    xs = [_to_numpy(x) for x in xs]
     batched = xs[0].ndim >= 1 and all(x.shape[1:] == xs[0].shape[1:] for x in xs)
     x = np.concatenate(xs) if batched and xs[0].ndim > 1 else np.stack(xs)
     y = None
@@ -343,12 +394,15 @@ def fit_to_model(data: Dataset, model) -> Dataset:
 
     A flat feature vector whose length equals the input's per-sample size is reshaped (a CSV of
     784 pixels feeds a 1x28x28 input); a dtype is cast when safe. Anything else is a DataError that
-    names both shapes.
+    names both shapes. Multi-input data (``x`` a dict) must name every model input; each array
+    holds the samples on axis 0, whatever axis the model keeps its batch on.
     """
-    if len(model.inputs) != 1:
-        return data
+    if data.is_multi_input and len(model.inputs) == 1 and len(data.x) == 1:
+        data = replace(data, x=next(iter(data.x.values())))
+    if data.is_multi_input or len(model.inputs) != 1:
+        return _fit_inputs(data, model)
     spec = model.inputs[0]
-    want = spec.shape[1:]
+    want = tuple(d for i, d in enumerate(spec.shape) if i != spec.batch_axis)  # per sample
     have = data.x.shape[1:]
     if len(want) == len(have) and all(not isinstance(w, int) or w == h for w, h in zip(want, have)):
         pass
@@ -369,3 +423,33 @@ def fit_to_model(data: Dataset, model) -> Dataset:
         else:
             raise DataError(f"data {data.name!r} has dtype {data.x.dtype} but model input {spec.name!r} expects {target}")
     return data
+
+
+def _fit_inputs(data: Dataset, model) -> Dataset:
+    """Check multi-input data against the model's inputs by name, shape (per sample) and dtype."""
+    names = [s.name for s in model.inputs]
+    if not data.is_multi_input:
+        raise DataError(f"model takes {len(names)} inputs {names}; give the data as {{input name: array}} "
+                        "(an .npz with one array per input and --x-key " + ",".join(names) + ")")
+    missing = [n for n in names if n not in data.x]
+    extra = [k for k in data.x if k not in names]
+    if missing or extra:
+        raise DataError(f"data {data.name!r} has arrays {list(data.x)} but the model's inputs are {names}"
+                        + (f"; missing {missing}" if missing else "") + (f"; not inputs: {extra}" if extra else ""))
+    fitted = {}
+    for spec in model.inputs:
+        arr = np.asarray(data.x[spec.name])
+        want = tuple(d for i, d in enumerate(spec.shape) if i != spec.batch_axis)
+        have = arr.shape[1:]
+        if len(want) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want, have)):
+            raise DataError(f"data {data.name!r} array {spec.name!r} has samples of shape {tuple(have)} but the model "
+                            f"input has shape {tuple(spec.shape)} (batch axis {spec.batch_axis}), i.e. samples of "
+                            f"shape {want}")
+        if not spec.dtype.startswith("onnx:") and arr.dtype != np.dtype(spec.dtype):
+            target = np.dtype(spec.dtype)
+            if not (np.issubdtype(target, np.floating) or np.can_cast(arr.dtype, target, "same_kind")):
+                raise DataError(f"data {data.name!r} array {spec.name!r} has dtype {arr.dtype} but the model input "
+                                f"expects {target}")
+            arr = arr.astype(target)
+        fitted[spec.name] = arr
+    return replace(data, x=fitted)

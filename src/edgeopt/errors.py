@@ -64,3 +64,10 @@ def require(module: str, *, extra: str | None = None):
     except ImportError as e:
         hint = f"pip install 'edgeopt[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
         raise MissingDependencyError(f"{module} is required for this feature; install it with: {hint}") from e
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none), cut to
+    ``limit`` characters: foreign errors are quoted in one-line messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit]

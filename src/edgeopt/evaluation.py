@@ -234,9 +234,33 @@ def _safe_auc(s: np.ndarray, y: np.ndarray) -> float:
     return roc_auc(s, y)
 
 
+def model_outputs(model: Any, x: Any, *, output: str | int = 0, batch_size: int = 64) -> np.ndarray:
+    """One output of ``model`` over samples ``x`` (an array, or ``{input name: array}``), samples on axis 0.
+
+    ``output`` is the output's name or index (default: the first). An output that does not have
+    one row per sample (a detector's boxes after NMS) cannot be scored per sample: DataError.
+    """
+    from .model import load
+
+    handle = load(model)
+    result = handle.predict(x, batch_size=batch_size, outputs=[output])[0]
+    if isinstance(result, list):
+        index = handle._output_indices([output])[0]
+        raise DataError(
+            f"output {handle.outputs[index].name!r} of model {handle.name!r} does not have one row per sample "
+            f"(shape {list(handle.outputs[index].shape)}, e.g. a detector's boxes after NMS), so it cannot be "
+            f"scored per sample; choose another output (its outputs are {[o.name for o in handle.outputs]})")
+    return result
+
+
 def evaluate(model: Any, data: Any, metric: str | Callable = "top1", *, reference: Any = None,
-             batch_size: int = 64, reference_outputs: np.ndarray | None = None) -> Evaluation:
+             batch_size: int = 64, reference_outputs: np.ndarray | None = None, output: str | int = 0) -> Evaluation:
     """Run ``model`` over ``data`` and score it; with ``reference`` also report fidelity to it.
+
+    ``output`` chooses the scored output of a model with several (name or index; default the
+    first). ``data`` may hold several inputs (``{input name: array}``, or an .npz read with
+    ``load_data(path, x_key="input_ids,attention_mask")``). Without labels, score agreement,
+    cosine or sqnr against ``reference`` (the original model; the model itself gives 1.0).
 
     >>> import edgeopt  # doctest: +SKIP
     >>> edgeopt.evaluate("resnet8.onnx", "cifar.npz", "top1")  # doctest: +SKIP
@@ -247,8 +271,10 @@ def evaluate(model: Any, data: Any, metric: str | Callable = "top1", *, referenc
 
     model = load(model)
     data = fit_to_model(load_data(data), model)
-    outputs = model.predict(data.x, batch_size=batch_size)[0]
+    outputs = model_outputs(model, data.x, output=output, batch_size=batch_size)
     if reference_outputs is None and reference is not None:
         ref_model = load(reference)
-        reference_outputs = ref_model.predict(data.x, batch_size=batch_size)[0]
-    return score(metric, outputs, data.y, inputs=data.x, reference=reference_outputs)
+        ref_data = fit_to_model(data, ref_model)
+        reference_outputs = model_outputs(ref_model, ref_data.x, output=output, batch_size=batch_size)
+    inputs = data.x if isinstance(data.x, np.ndarray) else None
+    return score(metric, outputs, data.y, inputs=inputs, reference=reference_outputs)

@@ -8,14 +8,16 @@ outside: passes return new handles, and ``proto()`` gives a fresh copy to edit.
 from __future__ import annotations
 
 import io
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError, VerificationError
+from .errors import (ConfigError, DataError, EdgeOptError, ModelLoadError, UnsupportedModelError, VerificationError,
+                     first_line)
 
 # ONNX TensorProto element types -> numpy dtypes, for the types a model's inputs can carry.
 _ONNX_TO_NUMPY = {
@@ -28,22 +30,31 @@ Dim = int | str | None
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, shape and dtype of a graph input or output. A dynamic dimension is a str or None."""
+    """Name, shape and dtype of a graph input or output. A dynamic dimension is a str or None.
+
+    ``batch_axis`` is the axis that holds the samples: 0 for most tensors, 1 for a recurrent
+    state shaped (layers, batch, hidden), None when the tensor does not follow the batch (a
+    scalar, or a detector's list of boxes whose length depends on the data).
+    """
 
     name: str
     shape: tuple[Dim, ...]
     dtype: str
+    batch_axis: int | None = 0
 
     @property
     def is_dynamic(self) -> bool:
         return any(not isinstance(d, int) for d in self.shape)
 
-    def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """The shape with every dynamic dimension set to ``batch`` (first) or 1 (others)."""
-        return tuple(d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(self.shape))
+    def concrete_shape(self, batch: int = 1, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
+        """The shape with the dynamic batch dimension set to ``batch`` and every other dynamic
+        dimension to ``dims[name]`` (a symbolic name such as "sequence") or 1."""
+        dims = dims or {}
+        return tuple(d if isinstance(d, int) else (batch if i == self.batch_axis else int(dims.get(d, 1)))
+                     for i, d in enumerate(self.shape))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "batch_axis": self.batch_axis}
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,84 @@ def _tensor_specs(values) -> tuple[TensorSpec, ...]:
         np_type = _ONNX_TO_NUMPY.get(tt.elem_type)
         specs.append(TensorSpec(v.name, tuple(dims), np.dtype(np_type).name if np_type else f"onnx:{tt.elem_type}"))
     return tuple(specs)
+
+
+def batch_symbol(input_shapes: Sequence[Sequence[Dim]]) -> str | None:
+    """The symbolic dimension that is the batch: one whose name says "batch" if any input has one
+    (so a time-major ['sequence', 'batch', ...] input is read right), else the symbol most inputs
+    carry on axis 0. None when no input has a symbolic batch."""
+    from collections import Counter
+
+    named = Counter(d for shape in input_shapes for d in shape if isinstance(d, str) and "batch" in d.lower())
+    if named:
+        return named.most_common(1)[0][0]
+    firsts = Counter(shape[0] for shape in input_shapes if len(shape) and isinstance(shape[0], str))
+    return firsts.most_common(1)[0][0] if firsts else None
+
+
+def _with_batch_axes(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+    """Find each tensor's batch axis from the symbolic dimension names (see :func:`batch_symbol`).
+
+    A tensor that carries the batch symbol off axis 0 (a GRU state (layers, batch, hidden)) has its
+    batch there. When the model's batch is fixed, an output whose first axis is dynamic does not
+    follow the batch (NMS detections).
+    """
+    symbol = batch_symbol([s.shape for s in inputs])
+    fixed_batch = bool(inputs) and all(s.shape and isinstance(s.shape[0], int) for s in inputs)
+
+    def axis(spec: TensorSpec, is_output: bool) -> int | None:
+        if not spec.shape:
+            return None
+        if symbol is not None and symbol in spec.shape:
+            return spec.shape.index(symbol)
+        if is_output and fixed_batch and not isinstance(spec.shape[0], int):
+            return None
+        return 0
+
+    return (tuple(replace(s, batch_axis=axis(s, False)) for s in inputs),
+            tuple(replace(s, batch_axis=axis(s, True)) for s in outputs))
+
+
+# Ops that pass values through unchanged (they change shape, type or select parts), followed from an
+# input to the embedding table it indexes or the recurrent layer it initializes (a 2-layer LSTM
+# slices its state per layer).
+_PASSTHROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose",
+                          "Slice", "Split", "Gather"})
+
+
+def _input_roles(proto) -> dict[str, int | str]:
+    """What each graph input is used for, as far as the graph says: ``n`` (an int) for indices into
+    a constant table of ``n`` rows (token ids into an embedding), "state" for the initial state of a
+    GRU/LSTM/RNN. Inputs with other uses are absent."""
+    graph = proto.graph
+    table_rows: dict[str, int] = {t.name: int(t.dims[0]) for t in graph.initializer if len(t.dims)}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and len(attr.t.dims):
+                    table_rows[node.output[0]] = int(attr.t.dims[0])
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for pos, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, pos))
+    roles: dict[str, int | str] = {}
+    for value in graph.input:
+        frontier, seen = [value.name], set()
+        while frontier and value.name not in roles:
+            name = frontier.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for node, pos in consumers.get(name, []):
+                if node.op_type == "Gather" and pos == 1 and node.input[0] in table_rows:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if axis == 0:
+                        roles[value.name] = table_rows[node.input[0]]
+                elif node.op_type in ("GRU", "LSTM", "RNN") and pos >= 5:  # initial_h, initial_c
+                    roles[value.name] = "state"
+                elif node.op_type in _PASSTHROUGH and pos == 0:
+                    frontier.extend(o for o in node.output if o)
+    return roles
 
 
 class ModelHandle:
@@ -102,8 +191,9 @@ class ModelHandle:
         self.base_dir = Path(base_dir) if base_dir else None
         proto = onnx.load_from_string(self._bytes)
         initializer_names = {i.name for i in proto.graph.initializer}
-        self.inputs = _tensor_specs([i for i in proto.graph.input if i.name not in initializer_names])
-        self.outputs = _tensor_specs(proto.graph.output)
+        self.inputs, self.outputs = _with_batch_axes(
+            _tensor_specs([i for i in proto.graph.input if i.name not in initializer_names]),
+            _tensor_specs(proto.graph.output))
         self.opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
         self._session = None
 
@@ -142,15 +232,34 @@ class ModelHandle:
             self._session = make_session(self._bytes, threads=threads)
         return self._session
 
-    def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs of the right shapes and dtypes (for benchmarking and smoke checks)."""
+    def example_inputs(self, batch: int = 1, seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+        """Valid inputs of the right shapes and dtypes (for benchmarking and smoke checks).
+
+        Float inputs are seeded standard-normal noise, except recurrent states (initial_h/c of a
+        GRU/LSTM/RNN), which are zeros. Integer inputs used as embedding indices (a Gather into a
+        constant table) are random ids below the table's row count; other integer and bool inputs
+        (attention masks, lengths) are ones. Dynamic dimensions other than the batch are 1 unless
+        ``dims`` names them (``dims={"sequence": 128}``).
+        """
         rng = np.random.default_rng(seed)
+        if dims:
+            symbols = {d for s in self.inputs for d in s.shape if isinstance(d, str)}
+            unknown = sorted(set(dims) - symbols)
+            if unknown:
+                raise ConfigError(f"dims {unknown} are not dynamic dimensions of model {self.name!r}; "
+                                  f"its dynamic dimensions are {sorted(symbols) or 'none'}")
+        roles = _input_roles(self.proto())
         feeds = {}
         for spec in self.inputs:
-            shape = spec.concrete_shape(batch)
+            shape = spec.concrete_shape(batch, dims)
             dtype = np.dtype(spec.dtype) if not spec.dtype.startswith("onnx:") else np.float32
-            if np.issubdtype(dtype, np.integer):
-                feeds[spec.name] = rng.integers(0, 10, size=shape).astype(dtype)
+            role = roles.get(spec.name)
+            if isinstance(role, int):
+                feeds[spec.name] = rng.integers(0, role, size=shape).astype(dtype)
+            elif role == "state":
+                feeds[spec.name] = np.zeros(shape, dtype)
+            elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+                feeds[spec.name] = np.ones(shape, dtype)
             else:
                 feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         return feeds
@@ -158,24 +267,103 @@ class ModelHandle:
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run the model once on ONNX Runtime; returns the outputs in graph order."""
         feeds = self._feeds(inputs)
-        return self.session().run(None, feeds)
+        return self._run_session(None, feeds)
 
-    def predict(self, x: np.ndarray | Mapping[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
-        """Run the model over many samples in batches (first axis); returns concatenated outputs.
+    def predict(self, x: np.ndarray | Mapping[str, np.ndarray], batch_size: int = 64,
+                outputs: Sequence[str | int] | None = None) -> list:
+        """Run the model over many samples in batches; returns the outputs (all, or those named or
+        indexed in ``outputs``), each with the samples on axis 0.
 
-        Models whose first input dimension is fixed to 1 are run one sample at a time.
+        ``x`` is an array (single-input models) or ``{input name: array}``, always with the samples
+        on axis 0, whatever axis the model keeps its batch on (a GRU state (layers, batch, hidden)
+        is given as (samples, layers, hidden)). Models with a fixed batch of k run k samples at a
+        time (the last chunk padded by repeating its last sample). An output that does not have one
+        entry per sample (a detector's boxes after NMS) comes back as a list of per-run arrays,
+        one per sample when the model runs one sample at a time.
         """
-        arrays = self._feeds(x)
-        n = len(next(iter(arrays.values())))
-        first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
-        step = 1 if first == 1 else batch_size
-        outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
-        sess = self.session()
+        arrays = self.feeds_from_samples(x)
+        axes = {s.name: s.batch_axis for s in self.inputs}
+        lengths = {k: v.shape[axes[k]] for k, v in arrays.items() if axes.get(k) is not None and v.ndim}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"inputs hold different numbers of samples {lengths}; give every input the same rows")
+        n = next(iter(lengths.values()), 1)
+        fixed = [s.shape[s.batch_axis] for s in self.inputs
+                 if s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)]
+        step = fixed[0] if fixed else batch_size
+        if step < 1:
+            raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
+        wanted = self._output_indices(outputs)
+        names = [self.outputs[i].name for i in wanted]
+        chunks: list[list[np.ndarray]] = [[] for _ in wanted]
+        ragged = [False] * len(wanted)
         for start in range(0, n, step):
-            chunk = {k: v[start : start + step] for k, v in arrays.items()}
-            for i, o in enumerate(sess.run(None, chunk)):
-                outs[i].append(o)
-        return [np.concatenate(o, axis=0) for o in outs]
+            stop = min(start + step, n)
+            chunk = {}
+            for k, v in arrays.items():
+                axis = axes.get(k)
+                if axis is None:
+                    chunk[k] = v
+                    continue
+                part = np.take(v, range(start, stop), axis=axis)
+                if stop - start < step and fixed:  # a fixed batch must be filled
+                    pad = np.take(part, [-1] * (step - (stop - start)), axis=axis)
+                    part = np.concatenate([part, pad], axis=axis)
+                chunk[k] = part
+            for j, out in enumerate(self._run_session(names, chunk)):
+                axis = self.outputs[wanted[j]].batch_axis
+                if axis is None or out.ndim <= axis or out.shape[axis] != (step if fixed else stop - start):
+                    ragged[j] = True
+                else:
+                    out = np.take(out, range(stop - start), axis=axis) if fixed else out
+                    out = np.moveaxis(out, axis, 0) if axis else out
+                chunks[j].append(out)
+        return [list(c) if ragged[j] else np.concatenate(c, axis=0) for j, c in enumerate(chunks)]
+
+    def _run_session(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session().run(names, dict(feeds))
+        except EdgeOptError:
+            raise
+        except Exception as e:  # ONNX Runtime's own untyped errors: bad index values, shapes it cannot broadcast
+            shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
+            raise DataError(f"ONNX Runtime failed to run model {self.name!r} on inputs {shapes}: {first_line(e)}") from e
+
+    def feeds_from_samples(self, x: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Model-layout feeds for ``run`` from samples-on-axis-0 arrays (moves each input's sample
+        axis to the model's batch axis; checks names, shapes and dtypes)."""
+        if isinstance(x, Mapping):
+            raw = dict(x)
+        elif isinstance(x, np.ndarray) or not isinstance(x, Sequence):
+            raw = {self.inputs[0].name: x} if self.inputs else {}
+        else:
+            raw = {spec.name: arr for spec, arr in zip(self.inputs, x)}
+        axes = {s.name: s.batch_axis for s in self.inputs}
+        moved = {}
+        for key, arr in raw.items():
+            arr = np.asarray(arr)
+            axis = axes.get(key)
+            moved[key] = np.moveaxis(arr, 0, axis) if axis and arr.ndim > axis else arr
+        return self._feeds(moved)
+
+    def _output_indices(self, outputs: Sequence[str | int] | str | int | None) -> list[int]:
+        """Output positions for names or indices (all outputs when None)."""
+        if outputs is None:
+            return list(range(len(self.outputs)))
+        if isinstance(outputs, (str, int)):
+            outputs = [outputs]
+        names = [o.name for o in self.outputs]
+        found = []
+        for o in outputs:
+            if isinstance(o, int) and not isinstance(o, bool) and -len(names) <= o < len(names):
+                found.append(o % len(names))
+            elif isinstance(o, str) and o in names:
+                found.append(names.index(o))
+            elif isinstance(o, str) and o.lstrip("-").isdigit() and -len(names) <= int(o) < len(names):
+                found.append(int(o) % len(names))
+            else:
+                raise ConfigError(f"output {o!r} is not an output of model {self.name!r}; "
+                                  f"its outputs are {names} (or an index 0..{len(names) - 1})")
+        return found
 
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
         if isinstance(inputs, Mapping):
@@ -194,11 +382,12 @@ class ModelHandle:
                 raise DataError(f"data has input {key!r}, but the model's inputs are {sorted(expected)}")
             arr = np.asarray(arr)
             if arr.ndim != len(spec.shape) or any(
-                isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], arr.shape[1:])
+                isinstance(d, int) and d != a and i != spec.batch_axis for i, (d, a) in enumerate(zip(spec.shape, arr.shape))
             ):
+                where = "the first axis" if spec.batch_axis == 0 else f"axis {spec.batch_axis}"
                 raise DataError(
                     f"data shape {tuple(arr.shape)} does not fit model input {spec.name!r} of shape "
-                    f"{tuple(spec.shape)} (the first axis is the batch); reshape or re-layout the data "
+                    f"{tuple(spec.shape)} ({where} is the batch); reshape or re-layout the data "
                     "(e.g. --layout nhwc/nchw)"
                 )
             want = np.dtype(spec.dtype) if not spec.dtype.startswith("onnx:") else arr.dtype
@@ -250,7 +439,7 @@ def make_session(model: bytes | str | os.PathLike, *, threads: int = 1, optimize
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own untyped exceptions
-        raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0][:300]}") from e
+        raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {first_line(e)}") from e
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,7 +552,14 @@ def _from_onnx_proto(proto, *, name: str, source: str | None, source_format: str
     try:
         onnx.checker.check_model(proto, full_check=False)
     except Exception as e:  # onnx raises ValidationError and others
-        raise ModelLoadError(f"model {name!r} fails the ONNX checker: {str(e).splitlines()[0][:300]}") from e
+        ordered = _topologically_sorted(proto) if "topologically sorted" in str(e) else None
+        if ordered is None:
+            raise ModelLoadError(f"model {name!r} fails the ONNX checker: {first_line(e)}") from e
+        proto = ordered
+        try:
+            onnx.checker.check_model(proto, full_check=False)
+        except Exception as again:
+            raise ModelLoadError(f"model {name!r} fails the ONNX checker: {first_line(again)}") from again
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:
@@ -372,11 +568,43 @@ def _from_onnx_proto(proto, *, name: str, source: str | None, source_format: str
                                   torch_module=torch_module, base_dir=base_dir)
 
 
+def _topologically_sorted(proto):
+    """A copy of ``proto`` with its top-level nodes in dependency order, or None if there is none
+    (a cycle or an input nobody produces). Some tools emit valid graphs out of order (ONNX
+    Runtime's float16 converter appends input Casts after their consumers); the checker refuses them."""
+    import onnx
+
+    graph = proto.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ready |= {t.values.name for t in graph.sparse_initializer}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            return None
+        runnable_ids = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in runnable_ids]
+        ordered.extend(runnable)
+        for n in runnable:
+            ready.update(n.output)
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    return out
+
+
 def load_torch(module, example_inputs, *, input_names=None, output_names=None, dynamic_batch=True,
                name: str | None = None, opset: int = 17) -> ModelHandle:
     """Export an ``nn.Module`` to ONNX once and keep the module as the trainable twin.
 
-    The export is checked numerically: ONNX Runtime's outputs must match PyTorch's.
+    The export is checked numerically: ONNX Runtime's outputs must match PyTorch's. With
+    ``dynamic_batch`` each tensor's batch axis is the one whose size is the first input's batch
+    (axis 0 if it matches, so a GRU state (layers, batch, hidden) gets axis 1); the exported graph
+    is then also checked at twice that batch, and exported with fixed shapes (with a warning) if
+    that fails, e.g. because the module hard-codes its batch size. Give example inputs whose batch
+    size differs from every other dimension (2 or 3 rather than 1) so the batch axes are plain.
     """
     import torch
 
@@ -385,32 +613,106 @@ def load_torch(module, example_inputs, *, input_names=None, output_names=None, d
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    if not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        raise ConfigError("example_inputs must be a tensor or a tuple of tensors; got "
+                          + ", ".join(type(t).__name__ for t in example_inputs))
     input_names = list(input_names or ([f"input_{i}" for i in range(len(example_inputs))] if len(example_inputs) > 1 else ["input"]))
     try:
         module = module.eval()
     except NotImplementedError:  # modules unflattened from torch.export are always in eval form
         pass
     with torch.no_grad():
-        reference = module(*example_inputs)
-    refs = [reference] if isinstance(reference, torch.Tensor) else list(reference)
+        refs = _flatten_tensors(module(*example_inputs))
     output_names = list(output_names or (["output"] if len(refs) == 1 else [f"output_{i}" for i in range(len(refs))]))
-    dynamic_axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
+    batch = int(example_inputs[0].shape[0]) if example_inputs and example_inputs[0].dim() else None
+    if dynamic_batch and batch is not None:
+        in_axes = [_batch_axis_by_size(t, batch) for t in example_inputs]
+        out_axes = [_batch_axis_by_size(t, batch) for t in refs]
+        dynamic_axes = {n: {a: "batch"} for n, a in zip(input_names + output_names, in_axes + out_axes) if a is not None}
+        handle = _export_checked(module, example_inputs, refs, input_names, output_names, dynamic_axes, name, opset)
+        problem = _dynamic_batch_problem(module, handle, example_inputs, in_axes)
+        if problem is None:
+            return handle
+        import warnings
+
+        warnings.warn(f"{type(module).__name__} does not run at a batch other than {batch} once exported "
+                      f"({problem}); exporting it with a fixed batch of {batch}", stacklevel=2)
+    return _export_checked(module, example_inputs, refs, input_names, output_names, None, name, opset)
+
+
+def _flatten_tensors(value) -> list:
+    """Module outputs as a flat list of tensors, in the order torch.onnx.export emits them."""
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flatten_tensors(v)]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _flatten_tensors(v)]
+    return [value] if hasattr(value, "detach") else []  # None and Python scalars are not graph outputs
+
+
+def _batch_axis_by_size(tensor, batch: int) -> int | None:
+    if tensor.dim() == 0:
+        return None
+    if tensor.shape[0] == batch:
+        return 0
+    return next((i for i, d in enumerate(tensor.shape) if d == batch), None)
+
+
+def _deviation(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """Largest absolute difference and the tolerance it must stay under (1e-4 relative)."""
+    if reference.shape != got.shape:
+        return math.inf, 0.0
+    if not got.size:
+        return 0.0, 1.0
+    r, g = reference.astype(np.float64), got.astype(np.float64)
+    return float(np.max(np.abs(r - g))), 1e-4 * max(1.0, float(np.max(np.abs(g))))
+
+
+def _export_checked(module, example_inputs, refs, input_names, output_names, dynamic_axes, name, opset) -> ModelHandle:
+    import onnx
+    import torch
+
     buffer = io.BytesIO()
     try:
         torch.onnx.export(module, example_inputs, buffer, input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
     except Exception as e:
-        raise UnsupportedModelError(f"torch.onnx.export failed for {type(module).__name__}: {str(e).splitlines()[0][:300]}") from e
-    import onnx
-
+        raise UnsupportedModelError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(e)}") from e
     handle = _from_onnx_proto(onnx.load_from_string(buffer.getvalue()), name=name or type(module).__name__,
                               source=f"torch:{type(module).__name__}", source_format="torch", torch_module=module)
-    got = handle.run([t.detach().cpu().numpy() for t in example_inputs])
+    got = _run_verbatim(handle, [t.detach().cpu().numpy() for t in example_inputs])
     for r, g in zip(refs, got):
-        err = float(np.max(np.abs(r.detach().cpu().numpy() - g))) if g.size else 0.0
-        if err > 1e-4 * max(1.0, float(np.max(np.abs(g))) if g.size else 1.0):
+        err, tolerance = _deviation(r.detach().cpu().numpy(), g)
+        if err > tolerance:
             raise VerificationError(f"ONNX export of {type(module).__name__} deviates from PyTorch by {err:.3g} (tolerance 1e-4 relative)")
     return handle
+
+
+def _run_verbatim(handle: ModelHandle, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run with the arrays exactly as traced (torch.onnx.export drops inputs the graph never reads)."""
+    names = [s.name for s in handle.inputs]
+    feeds = handle._feeds(dict(zip(names, arrays)) if len(names) == len(arrays) else arrays)
+    try:
+        return handle.session().run(None, feeds)
+    except Exception as e:  # ONNX Runtime's own untyped errors
+        raise UnsupportedModelError(f"the exported graph of {handle.name!r} does not run on ONNX Runtime: {first_line(e)}") from e
+
+
+def _dynamic_batch_problem(module, handle: ModelHandle, example_inputs, in_axes) -> str | None:
+    """Why the exported graph fails at a different batch (twice the example's), or None if it matches PyTorch."""
+    import torch
+
+    bigger = tuple(t if a is None else torch.cat([t, t.flip(a)], dim=a) for t, a in zip(example_inputs, in_axes))
+    try:
+        with torch.no_grad():
+            refs = _flatten_tensors(module(*bigger))
+        got = _run_verbatim(handle, [t.detach().cpu().numpy() for t in bigger])
+    except Exception as e:
+        return first_line(e, 200)
+    for r, g in zip(refs, got):
+        err, tolerance = _deviation(r.detach().cpu().numpy(), g)
+        if err > tolerance:
+            return f"outputs differ from PyTorch by {err:.3g}" if np.isfinite(err) else f"output shape {g.shape} != {tuple(r.shape)}"
+    return None
 
 
 def _frozen_module_class():
@@ -444,7 +746,7 @@ def load_exported_program(path: str | os.PathLike, *, name: str | None = None) -
     try:
         program = torch.export.load(str(path))
     except Exception as e:
-        raise ModelLoadError(f"{str(path)!r} is not a readable torch.export (.pt2) archive: {str(e).splitlines()[0][:200]}") from e
+        raise ModelLoadError(f"{str(path)!r} is not a readable torch.export (.pt2) archive: {first_line(e, 200)}") from e
     module = _FrozenModule(program.module())
     example = program.example_inputs[0] if program.example_inputs else None
     if example is None:
@@ -453,7 +755,11 @@ def load_exported_program(path: str | os.PathLike, *, name: str | None = None) -
 
 
 def load_tflite(path: str | os.PathLike, *, name: str | None = None) -> ModelHandle:
-    """Convert a float TFLite flatbuffer to ONNX, keeping the user's input layout (NHWC stays NHWC)."""
+    """Convert a TFLite flatbuffer to ONNX, keeping the user's input layout (NHWC stays NHWC).
+
+    Float and hybrid (int8-weight) models become float graphs; fully int8 models become QDQ graphs
+    with float inputs and outputs. See :mod:`edgeopt.tflite_import`.
+    """
     from .tflite_import import tflite_to_onnx
 
     path = Path(path)

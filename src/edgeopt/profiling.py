@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError, UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError, first_line
 
 # Ops whose cost is one operation per output element.
 _ELEMENTWISE = frozenset({
@@ -382,8 +382,9 @@ class _Shapes:
     notes: list[str]
 
 
-def _static_shapes(proto) -> _Shapes:
-    """Shapes of every tensor with dynamic dimensions set to 1.
+def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
+    """Shapes of every tensor with the dynamic batch set to 1 and other dynamic dimensions set to
+    ``dims[name]`` (e.g. {"sequence": 128}) or 1.
 
     ONNX shape inference first (with data propagation, so Reshape targets computed in the graph
     resolve); ONNX Runtime's symbolic shape inference for whatever is still unknown.
@@ -397,17 +398,31 @@ def _static_shapes(proto) -> _Shapes:
     initializer_names = {t.name for t in graph.initializer}
     per_sample = False
     notes: list[str] = []
+    # A recurrent state carries the batch on axis 1; see model.batch_symbol.
+    from .model import batch_symbol as find_batch_symbol
+
+    batch_symbol = find_batch_symbol([tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                                            for d in v.type.tensor_type.shape.dim)
+                                      for v in graph.input if v.name not in initializer_names])
     for value in graph.input:
         if value.name in initializer_names:
             continue
+        params = [d.dim_param for d in value.type.tensor_type.shape.dim]
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
-                if axis == 0:
+                size = 1
+                # axis 0 is the batch unless this input carries the batch symbol elsewhere (time-major)
+                if (batch_symbol and dim.dim_param == batch_symbol) or (
+                        axis == 0 and batch_symbol not in params and not (dims and dim.dim_param in dims)):
                     per_sample = True
+                elif dims and dim.dim_param in dims:
+                    size = int(dims[dim.dim_param])
                 else:
-                    notes.append(f"input {value.name!r} axis {axis} is dynamic; counted as 1")
+                    notes.append(f"input {value.name!r} axis {axis} ({dim.dim_param or 'unnamed'}) is dynamic; "
+                                 "counted as 1" + (f" (set it with dims={{{dim.dim_param!r}: n}} / --dim "
+                                                   f"{dim.dim_param}=n)" if dim.dim_param else ""))
                 dim.Clear()
-                dim.dim_value = 1
+                dim.dim_value = size
     # Stale symbolic shapes from an earlier inference would be merged back in; start clean.
     del graph.value_info[:]
     for value in graph.output:
@@ -417,9 +432,10 @@ def _static_shapes(proto) -> _Shapes:
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is a help: fall through to the symbolic pass
-        notes.append(f"ONNX shape inference failed ({str(e).splitlines()[0][:120]})")
+        notes.append(f"ONNX shape inference failed ({first_line(e, 120)})")
     shapes, types = _collect_shapes(work.graph)
     missing = _missing_outputs(work.graph, shapes)
+    symbolic_failure = None
     if missing:
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -431,8 +447,19 @@ def _static_shapes(proto) -> _Shapes:
             for k, v in more_types.items():
                 types.setdefault(k, v)
         except Exception as e:
-            notes.append(f"ONNX Runtime symbolic shape inference failed ({str(e).splitlines()[0][:120]})")
+            symbolic_failure = f"ONNX Runtime symbolic shape inference failed ({first_line(e, 120)})"
         missing = _missing_outputs(work.graph, shapes)
+    if missing:
+        measured = _measured_shapes(work, missing)
+        if measured:
+            for name, (shape, elem_type) in measured.items():
+                shapes[name] = shape
+                types.setdefault(name, elem_type)
+            notes.append(f"{len(measured)} tensor shape(s) that shape inference could not resolve were measured by "
+                         "running the model once on ONNX Runtime at batch 1 (other dynamic dimensions as profiled)")
+        missing = _missing_outputs(work.graph, shapes)
+    if missing and symbolic_failure:
+        notes.append(symbolic_failure)
     if missing:
         notes.append(f"{len(missing)} tensor(s) have no static shape ({', '.join(missing[:3])}"
                      f"{'...' if len(missing) > 3 else ''}); their MACs and bytes count as 0")
@@ -440,6 +467,35 @@ def _static_shapes(proto) -> _Shapes:
         shapes[name] = const.dims
         types[name] = const.elem_type
     return _Shapes(shapes, types, per_sample, notes)
+
+
+def _measured_shapes(work, missing: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Shapes and element types of ``missing`` tensors, from one ONNX Runtime run on example inputs.
+
+    Static inference gives up on graphs whose shapes are computed at run time (the Shape -> Slice
+    -> Concat -> Reshape chains exported for multi-head attention with a dynamic batch); running
+    the graph once with those tensors exposed as outputs settles them. Empty if the run fails.
+    """
+    import copy
+
+    import numpy as np
+    import onnx
+
+    from .model import ModelHandle, make_session
+
+    try:
+        probe = copy.deepcopy(work)
+        present = {o.name for o in probe.graph.output}
+        for name in missing:
+            if name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+        feeds = ModelHandle.from_proto(work).example_inputs(batch=1)
+        session = make_session(probe.SerializeToString(), threads=1, optimize=False)
+        values = session.run(missing, feeds)
+    except Exception:  # measuring is a help; without it the notes say what was not counted
+        return {}
+    return {name: (tuple(int(d) for d in np.shape(v)), int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype)))
+            for name, v in zip(missing, values)}
 
 
 def _collect_shapes(graph) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
@@ -561,13 +617,28 @@ def _precision(node, producers: Mapping[str, Any], constants: Mapping[str, _Cons
     return "unknown"
 
 
-def count_macs(model) -> dict[str, int]:
+def count_macs(model, dims: Mapping[str, int] | None = None) -> dict[str, int]:
     """MACs per node (unique node name -> count; see the module docstring for non-MAC ops).
 
-    Dynamic dimensions count as 1, so with a dynamic batch the figures are per sample.
+    Dynamic dimensions count as 1 (or as ``dims[name]``, e.g. ``{"sequence": 128}``), so with a
+    dynamic batch the figures are per sample.
     """
-    _, proto = _onnx_model(model)
-    return _count_macs(proto, _static_shapes(proto), _constants(proto.graph))[0]
+    handle, proto = _onnx_model(model)
+    return _count_macs(proto, _static_shapes(proto, _check_dims(handle, dims)), _constants(proto.graph))[0]
+
+
+def _check_dims(handle, dims: Mapping[str, int] | None) -> dict[str, int] | None:
+    """``dims`` checked against the model's symbolic input dimensions (the batch excluded)."""
+    if not dims:
+        return None
+    symbols = {d for s in handle.inputs for i, d in enumerate(s.shape) if isinstance(d, str) and i != s.batch_axis}
+    for name, size in dims.items():
+        if name not in symbols:
+            raise ConfigError(f"dimension {name!r} is not a dynamic input dimension of model {handle.name!r}; "
+                              f"its dynamic dimensions (batch excluded) are {sorted(symbols) or 'none'}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"dimension {name!r} must be a positive integer size; got {size!r}")
+    return dict(dims)
 
 
 def total_macs(model) -> int:
@@ -588,14 +659,14 @@ def _count_macs(proto, shapes: _Shapes, constants) -> tuple[dict[str, int], list
     return macs, uncounted
 
 
-def activation_liveness(model) -> Liveness:
+def activation_liveness(model, dims: Mapping[str, int] | None = None) -> Liveness:
     """The execution-order liveness plan of ``model``'s activations (see :class:`Liveness`).
 
     >>> live = activation_liveness("../shared/data/mlperf_tiny/ic/resnet8_cifar10.onnx")  # doctest: +SKIP
     >>> live.peak_bytes, live.peak_node  # doctest: +SKIP
     """
-    _, proto = _onnx_model(model)
-    return _liveness(proto, _static_shapes(proto), _constants(proto.graph))
+    handle, proto = _onnx_model(model)
+    return _liveness(proto, _static_shapes(proto, _check_dims(handle, dims)), _constants(proto.graph))
 
 
 def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liveness:
@@ -648,7 +719,7 @@ def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liv
 # ------------------------------------------------------------------------------------------------
 
 def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: int = 1, runs: int = 50,
-                    warmup: int = 5) -> LatencyProfile:
+                    warmup: int = 5, dims: Mapping[str, int] | None = None) -> LatencyProfile:
     """Per-node latency shares from ONNX Runtime's profiler (the trace file goes to a temp dir)."""
     import onnxruntime as ort
 
@@ -657,7 +728,7 @@ def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: 
         raise ConfigError(f"threads must be >= 1; got {threads}")
     if runs < 1:
         raise ConfigError(f"runs must be >= 1; got {runs}")
-    feeds = dict(inputs) if inputs is not None else handle.example_inputs(batch=1)
+    feeds = dict(inputs) if inputs is not None else handle.example_inputs(batch=1, dims=_check_dims(handle, dims))
     feeds = handle._feeds(feeds)
     with tempfile.TemporaryDirectory(prefix="edgeopt-profile-") as tmp:
         options = ort.SessionOptions()
@@ -670,7 +741,7 @@ def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: 
         try:
             session = ort.InferenceSession(handle.onnx_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {str(e).splitlines()[0][:300]}") from e
+            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {first_line(e)}") from e
         for _ in range(warmup + runs):
             session.run(None, feeds)
         trace_path = session.end_profiling()
@@ -799,20 +870,23 @@ class _KernelMapper:
 # The profile
 # ------------------------------------------------------------------------------------------------
 
-def profile(model, data=None, *, metric=None, measure: bool = True, threads: int = 1, runs: int = 50) -> Profile:
+def profile(model, data=None, *, metric=None, measure: bool = True, threads: int = 1, runs: int = 50,
+            dims: Mapping[str, int] | None = None) -> Profile:
     """Profile ``model`` (a path or a ModelHandle).
 
     Static: parameters (initializers and Constant-node tensors), weight bytes by dtype, MACs per
     node, per-layer precision, peak activation memory under an execution-order liveness plan,
     op histogram. With ``measure``: per-node latency share from ONNX Runtime's profiler with
     ``threads`` threads over ``runs`` runs at batch 1. With ``data`` and ``metric``: the metric
-    with its 95% CI and sample count.
+    with its 95% CI and sample count. ``dims`` sizes dynamic dimensions other than the batch
+    (``{"sequence": 128}``) for the static figures and the latency input; they count as 1 otherwise.
     """
     handle, proto = _onnx_model(model)
     graph = proto.graph
     if metric is not None and data is None:
         raise ConfigError("metric needs data: give data= (e.g. an .npz path) or drop metric")
-    shapes = _static_shapes(proto)
+    dims = _check_dims(handle, dims)
+    shapes = _static_shapes(proto, dims)
     constants = _constants(graph)
     names = unique_node_names(graph)
     macs, uncounted = _count_macs(proto, shapes, constants)
@@ -854,8 +928,8 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
 
         dataset = fit_to_model(load_data(data), handle)
     if measure:
-        sample = {handle.inputs[0].name: dataset.x[:1]} if data is not None and len(handle.inputs) == 1 else None
-        latency = measure_latency(handle, sample, threads=threads, runs=runs)
+        sample = handle.feeds_from_samples(dataset.take(0, 1).x) if data is not None else None
+        latency = measure_latency(handle, sample, threads=threads, runs=runs, dims=dims)
         silent = [n for n in names if n not in latency.shares and n not in latency.fused]
         if silent:
             notes.append(f"{len(silent)} node(s) ran no ONNX Runtime kernel of their own (folded or fused by ORT's "

@@ -206,7 +206,8 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -> list[_Prepared]:
+def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any,
+             dims: Mapping[str, int] | None = None) -> list[_Prepared]:
     import numpy as np
 
     from ..model import ModelHandle, load
@@ -230,12 +231,13 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
             size = handle.size_bytes
         if inputs is None:
             for spec in handle.inputs:
-                if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+                fixed = spec.shape[spec.batch_axis] if spec.batch_axis is not None else None
+                if isinstance(fixed, int) and fixed != batch:
                     raise ConfigError(
-                        f"model {name!r} has a fixed batch of {spec.shape[0]} on input {spec.name!r}; got batch={batch}. "
-                        f"Use batch={spec.shape[0]} or a model with a dynamic batch dimension"
+                        f"model {name!r} has a fixed batch of {fixed} on input {spec.name!r}; got batch={batch}. "
+                        f"Use batch={fixed} or a model with a dynamic batch dimension"
                     )
-            feeds = handle.example_inputs(batch=batch)
+            feeds = handle.example_inputs(batch=batch, dims=dims)
         else:
             feeds = handle._feeds(inputs)  # checks names, shapes and dtypes against the model
         input_paths = {}
@@ -243,8 +245,10 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any) -
             npy = workdir / f"model{index}_input{i}.npy"
             np.save(npy, np.ascontiguousarray(array), allow_pickle=False)
             input_paths[input_name] = str(npy)
-        first = next(iter(feeds.values()), None)
-        actual_batch = int(first.shape[0]) if first is not None and first.ndim else batch
+        first = handle.inputs[0] if handle.inputs else None
+        array = feeds.get(first.name) if first is not None else None
+        axis = first.batch_axis if first is not None else None
+        actual_batch = int(array.shape[axis]) if array is not None and axis is not None and array.ndim > axis else batch
         prepared.append(_Prepared(name, path, size, input_paths, actual_batch))
     return prepared
 
@@ -351,6 +355,7 @@ def benchmark(
     inputs: Any = None,
     precision: str = "f32",
     progress: Callable[[str, float], None] | None = None,
+    dims: Mapping[str, int] | None = None,
 ) -> BenchReport:
     """Measure one or more models on ``runtime`` in fresh processes, rounds interleaved across models.
 
@@ -359,7 +364,8 @@ def benchmark(
     to every model; by default each model gets seeded random inputs of its own shape and dtype.
     ``precision`` is the floating-point execution precision the runtime may use (OpenVINO: f32,
     bf16, f16; ONNX Runtime runs the graph as stored: f32 only); the result records what ran.
-    ``progress(message, fraction)`` is called after each measurement.
+    ``progress(message, fraction)`` is called after each measurement. ``dims`` sizes the random
+    inputs' dynamic dimensions other than the batch (``{"sequence": 128}``; default 1).
 
     >>> report = benchmark("../shared/data/mlperf_tiny/kws/dscnn_kws12.onnx", rounds=3)  # doctest: +SKIP
     >>> report.results[0].best_round_median_ms                                          # doctest: +SKIP
@@ -378,7 +384,7 @@ def benchmark(
 
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         workdir = Path(tmp)
-        prepared = _prepare(model_list, workdir, batch=batch, inputs=inputs)
+        prepared = _prepare(model_list, workdir, batch=batch, inputs=inputs, dims=dims)
         env = _worker_env(threads)
         runs: list[list[dict]] = [[] for _ in prepared]
         total = rounds * len(prepared)
@@ -403,7 +409,7 @@ def benchmark(
         for item, item_runs in zip(prepared, runs)
     )
     settings = {"runtime": runtime, "threads": threads, "rounds": rounds, "warmup": warmup,
-                "iterations": iterations, "batch": batch, "precision": precision}
+                "iterations": iterations, "batch": batch, "precision": precision, "dims": dict(dims or {})}
     return BenchReport(results=results, settings=settings)
 
 

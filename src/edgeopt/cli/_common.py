@@ -63,3 +63,14 @@ def parse_fraction(text: str, *, option: str) -> float:
     if not 0 < value < 1:
         raise ConfigError(f"{option} must be a fraction in (0, 1), a percentage like '1%' or points like '0.5pt'; got {text!r}")
     return value
+
+
+def parse_dims(items: list[str] | None) -> dict[str, int] | None:
+    """--dim NAME=SIZE options -> {"sequence": 128} (None when none were given)."""
+    dims: dict[str, int] = {}
+    for item in items or []:
+        key, _, value = str(item).partition("=")
+        if not key.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise ConfigError(f"--dim takes NAME=SIZE with a positive size, like 'sequence=128'; got {item!r}")
+        dims[key.strip()] = int(value)
+    return dims or None

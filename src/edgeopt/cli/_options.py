@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 DataOpt = typer.Option(None, "--data", "-d", help="Data: .npz, .csv(.gz), a folder of images (one subfolder per class).")
-XKeyOpt = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file.")
+XKeyOpt = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file; several inputs as a comma list named like the model's inputs (input_ids,attention_mask).")
 YKeyOpt = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file ('' for none).")
 LabelColOpt = typer.Option(-1, "--label-column", help="Label column of a CSV table (-1: last).")
 ScaleOpt = typer.Option(None, "--scale", help="Multiply inputs by this (e.g. 0.00392 for /255).")

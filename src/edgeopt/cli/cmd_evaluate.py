@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         metric: str = typer.Option("top1", "--metric", "-m", help="top1, top5, auc, mse, spearman, agreement, sqnr, cosine."),
         reference: Optional[str] = typer.Option(None, "--reference", "-r", help="Reference model: adds fidelity figures and the paired difference."),
         rows: Optional[str] = typer.Option(None, "--rows", help="Evaluate on these rows only, e.g. 500:1000."),
+        output: str = typer.Option("0", "--output", help="Output to score, by name or index (models with several outputs)."),
         x_key: str = o.XKeyOpt, y_key: str = o.YKeyOpt, label_column: int = o.LabelColOpt,
         scale: Optional[float] = o.ScaleOpt, layout: Optional[str] = o.LayoutOpt,
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Also write the JSON result to this file (atomically)."),
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from ..data import fit_to_model, parse_range
-        from ..evaluation import metric_spec, paired_difference, score
+        from ..evaluation import metric_spec, model_outputs, paired_difference, score
         from ..model import load
         from ._common import console, emit_json, to_jsonable
 
@@ -41,16 +42,19 @@ def register(app: typer.Typer) -> None:
             from ..errors import DataError
 
             raise DataError(f"metric {metric!r} needs labels but {data!r} has none; use --metric agreement with --reference")
-        outputs = handle.predict(dataset.x)[0]
+        chosen = output if not output.lstrip("-").isdigit() else int(output)
+        outputs = model_outputs(handle, dataset.x, output=chosen)
         ref_outputs = ref_eval = None
         if reference:
             ref = load(reference)
-            ref_outputs = ref.predict(fit_to_model(dataset, ref).x)[0]
-        result = score(metric, outputs, dataset.y, inputs=dataset.x, reference=ref_outputs)
-        payload = {"model": model, "data": data, "rows": list(dataset.rows) if dataset.rows else [0, len(dataset)],
+            ref_outputs = model_outputs(ref, fit_to_model(dataset, ref).x, output=chosen)
+        inputs = None if dataset.is_multi_input else dataset.x
+        result = score(metric, outputs, dataset.y, inputs=inputs, reference=ref_outputs)
+        payload = {"model": model, "data": data, "output": handle.outputs[handle._output_indices([chosen])[0]].name,
+                   "rows": list(dataset.rows) if dataset.rows else [0, len(dataset)],
                    **result.to_dict()}
         if reference and spec.needs_labels:
-            ref_eval = score(metric, ref_outputs, dataset.y, inputs=dataset.x)
+            ref_eval = score(metric, ref_outputs, dataset.y, inputs=inputs)
             payload["reference"] = {"model": reference, **ref_eval.to_dict()}
             if ref_eval.per_sample is not None:
                 payload["difference_vs_reference"] = paired_difference(result, ref_eval).to_dict()

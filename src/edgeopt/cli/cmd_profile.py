@@ -3,7 +3,7 @@ per-node latency share and (with data) the task metric."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model file (.onnx, .tflite, .pt2)."),
         data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on (.npz, .csv, image folder)."),
         metric: Optional[str] = typer.Option(None, "--metric", help="Metric to evaluate on --data (top1, top5, auc, mse, ...). Without it, --data only supplies the latency input."),
-        x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
+        x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file; several inputs as a comma list named like the model's inputs (input_ids,attention_mask)."),
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows of the data."),
         threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads for the latency measurement."),
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         no_measure: bool = typer.Option(False, "--no-measure", help="Static analysis only: skip the latency measurement."),
         json_output: bool = typer.Option(False, "--json", help="Print the full profile as JSON on stdout."),
         top: int = typer.Option(20, "--top", help="Rows in the per-node table."),
+        dim: Optional[List[str]] = typer.Option(None, "--dim", help="Size of a dynamic input dimension other than the batch, e.g. --dim sequence=128 (repeatable; default 1)."),
         sort: Optional[str] = typer.Option(None, "--sort", help="Order the node table by 'macs' or 'latency' (default: latency when measured)."),
     ):
         """Profile a model: params, weight bytes, MACs, peak activation memory, op mix, latency share per node and (with --data) the metric with its 95% CI."""
@@ -45,7 +46,10 @@ def register(app: typer.Typer) -> None:
             from ..data import load_data
 
             dataset = load_data(data, x_key=x_key, y_key=y_key, limit=limit)
-        result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs)
+        from ._common import parse_dims
+
+        result = profile(model, dataset, metric=metric, measure=not no_measure, threads=threads, runs=runs,
+                         dims=parse_dims(dim))
         if json_output:
             from ._common import emit_json
 
