@@ -6,16 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = (ROOT / ".." / "shared" / "data").resolve()
-
-
-def shared(rel: str) -> Path:
-    """Path of a file under ../shared/data; fails the test with a clear message if it is absent."""
-    path = SHARED / rel
-    if not path.exists():
-        pytest.fail(f"required real data {path} is missing: clone the project with ../shared beside it (see DATA.md)")
-    return path
+from shared_data import ROOT, SHARED, shared  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import edgeopt
 from edgeopt.errors import ModelLoadError, UnsupportedModelError
 
-from conftest import shared
+from shared_data import shared
 
 FLOAT_MODELS = {
     "ic": "mlperf_tiny/ic/pretrainedResnet.tflite",

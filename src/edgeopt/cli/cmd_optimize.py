@@ -1,0 +1,87 @@
+"""`edgeopt optimize MODEL --data D --max-drop 0.5pt --out DIR`: accuracy-guarded PTQ, measured."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("optimize")
+    def optimize_command(
+        model: str = typer.Argument(..., help="Model file (.onnx, .tflite, .pt2)."),
+        data: str = typer.Option(..., "--data", help="Data (.npz, .csv, image folder): calibration and held-out rows."),
+        out: str = typer.Option(..., "--out", help="Output folder: model.onnx, recipe.yaml, report.json, report.html."),
+        metric: str = typer.Option("top1", "--metric", help="top1, top5, auc, mse, ... or agreement (no labels needed)."),
+        max_drop: str = typer.Option("0.5pt", "--max-drop", help="Largest allowed metric drop on held-out rows: '0.5pt', '1%' or a fraction '0.005'."),
+        split: Optional[str] = typer.Option(None, "--split", help="Disjoint row ranges, e.g. 'calib=0:500,eval=500:' (optional tune=...). Default: first half calib, second half eval."),
+        techniques: Optional[str] = typer.Option(None, "--techniques", help="Comma-separated subset of int8,fp16,int4,mixed (default: all)."),
+        time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop trying new candidates after this long, e.g. '10m'."),
+        goal: str = typer.Option("latency", "--goal", help="'latency': fastest within budget (never slower than the input); 'size': smallest."),
+        seed: int = typer.Option(0, "--seed", help="Seed recorded in the recipe."),
+        x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
+        y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
+        bench_rounds: int = typer.Option(5, "--bench-rounds", help="Interleaved benchmark rounds (fresh processes)."),
+        quick: bool = typer.Option(False, "--quick", help="One int8 variant (+ mixed precision if needed), no confirmation benchmark."),
+        json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout instead of tables."),
+    ):
+        """Quantize within an accuracy budget; every candidate evaluated on held-out rows and benchmarked."""
+        from ..errors import BudgetError, ConfigError
+        from ..evaluation import metric_spec
+        from ..optimizer import optimize
+        from ._common import parse_fraction
+
+        spec = metric_spec(metric)
+        if spec.name.startswith("top") or spec.name == "agreement":
+            drop = parse_fraction(max_drop, option="--max-drop")
+        else:
+            try:
+                drop = float(max_drop)
+            except ValueError:
+                raise ConfigError(f"--max-drop for metric {spec.name!r} is a number in the metric's units; got {max_drop!r}") from None
+        if bench_rounds < 1:
+            raise ConfigError(f"--bench-rounds must be >= 1; got {bench_rounds}")
+        try:
+            result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
+                              time_budget=time_budget, seed=seed, out=out, progress=True, goal=goal,
+                              x_key=x_key, y_key=y_key, bench_rounds=bench_rounds, quick=quick)
+        except BudgetError:
+            raise
+        if json_output:
+            from ..report import public
+            from ._common import emit_json
+
+            emit_json(public(result.report_data))
+            return
+        from ._common import console
+
+        c = console()
+        c.print(comparison_table(result.report_data))
+        c.print(f"wrote {out}/model.onnx, recipe.yaml, report.json, report.html")
+
+
+def comparison_table(report: dict):
+    """Rich table: original vs chosen (size, latency, load, memory, metric with CI)."""
+    from rich.table import Table
+
+    b, c = report["baseline"], report["chosen"]
+    metric = report["settings"]["metric"]
+    t = Table(title=f"edgeopt optimize: {report['model']['source']} (chosen: {c['name']})")
+    t.add_column("")
+    t.add_column("original", justify="right")
+    t.add_column("optimized", justify="right")
+    t.add_column("ratio / diff", justify="right")
+    t.add_row("size", f"{b['size_bytes']:,} B", f"{c['size_bytes']:,} B", f"{c['size_ratio']:.3f}x")
+    t.add_row("latency (1 thread, best-round median)", f"{b['bench']['best_round_median_ms']:.4f} ms",
+              f"{c['bench']['best_round_median_ms']:.4f} ms", f"{c['latency_ratio']:.3f}x")
+    t.add_row("load time", f"{b['bench']['load_ms']:.1f} ms", f"{c['bench']['load_ms']:.1f} ms", "")
+    t.add_row("peak memory", f"{b['bench']['peak_rss_bytes'] / 2**20:.1f} MiB", f"{c['bench']['peak_rss_bytes'] / 2**20:.1f} MiB", "")
+    be, ce, d = b["eval"], c["eval"], c["difference_eval"]
+    t.add_row(f"{metric} (held-out, n={be['samples']})", f"{be['value']:.4f} [{be['ci95'][0]:.3f}, {be['ci95'][1]:.3f}]",
+              f"{ce['value']:.4f} [{ce['ci95'][0]:.3f}, {ce['ci95'][1]:.3f}]",
+              f"{d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+    agreement = (c.get("fidelity_eval") or {}).get("top1_agreement")
+    if agreement is not None:
+        t.add_row("top-1 agreement with original", "", f"{agreement:.4f}", "")
+    return t

@@ -1,0 +1,144 @@
+"""Low-rank factorization: truncated SVD of Linear/Gemm weights and of Conv kernels reshaped to
+``out x (in * kh * kw)``, then fine-tuning.
+
+A Linear ``out x in`` of rank r becomes Linear(in -> r) then Linear(r -> out); a Conv becomes a
+Conv(in -> r, same kernel/stride/padding) then a 1x1 Conv(r -> out). The rank of each layer is the
+smallest that keeps ``energy`` of the squared singular values, or, with ``mac_fraction``, the largest
+that keeps the factorized layer within that share of the layer's MACs. A layer is factorized only
+when that actually saves MACs; depthwise/grouped convolutions are left alone (nothing to share).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..training import fine_tune_config, recover
+from .base import FloatRange, IntRange, Pass, PassContext, PassResult
+
+
+def energy_rank(singular_values: np.ndarray, energy: float) -> int:
+    """Smallest r whose top-r singular values keep ``energy`` of the total squared energy."""
+    squared = np.asarray(singular_values, dtype=np.float64) ** 2
+    cumulative = np.cumsum(squared) / max(squared.sum(), 1e-30)
+    return int(np.searchsorted(cumulative, energy - 1e-12) + 1)
+
+
+def budget_rank(out_dim: int, in_dim: int, fraction: float) -> int:
+    """Largest r with r * (in + out) <= fraction * in * out (MACs of the two factors vs the original)."""
+    return max(1, int(fraction * in_dim * out_dim // (in_dim + out_dim)))
+
+
+def _replace(root, name: str, new) -> None:
+    parent = root
+    *path, leaf = name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    setattr(parent, leaf, new)
+
+
+def factorize(layer, rank: int):
+    """An ``nn.Sequential`` of two layers equal to ``layer`` with its weight truncated to ``rank``."""
+    import torch
+    from torch import nn
+
+    w = layer.weight.detach()
+    out_dim = w.shape[0]
+    matrix = w.reshape(out_dim, -1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    root = torch.sqrt(s[:rank])
+    first_w = (root[:, None] * vh[:rank])           # rank x (in * k)
+    second_w = (u[:, :rank] * root[None, :])        # out x rank
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, out_dim, bias=bias)
+        first.weight.data.copy_(first_w)
+        second.weight.data.copy_(second_w)
+    else:
+        conv_type = type(layer)
+        first = conv_type(layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                          dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode)
+        second = conv_type(rank, out_dim, 1, bias=bias)
+        first.weight.data.copy_(first_w.reshape((rank,) + tuple(w.shape[1:])))
+        second.weight.data.copy_(second_w.reshape((out_dim, rank) + (1,) * (w.ndim - 2)))
+    if bias:
+        second.bias.data.copy_(layer.bias.detach())
+    return nn.Sequential(first, second)
+
+
+class LowRank(Pass):
+    """Truncated-SVD factorization of Linear and Conv layers, rank by energy or MAC budget, then fine-tune."""
+
+    name: ClassVar[str] = "lowrank"
+    stage: ClassVar[str] = "torch"
+    requires: ClassVar[frozenset[str]] = frozenset({"torch"})
+    description: ClassVar[str] = "SVD low-rank factorization (Linear; Conv as reshaped kernel) + fine-tuning"
+
+    def __init__(self, *, energy: float = 0.9, mac_fraction: float | None = None, epochs: int = 3, lr: float = 5e-4):
+        self.energy = energy
+        self.mac_fraction = mac_fraction
+        self.epochs = epochs
+        self.lr = lr
+
+    @classmethod
+    def search_space(cls):
+        return {"energy": FloatRange(0.5, 0.99), "epochs": IntRange(0, 10)}
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.energy, (int, float)) or not 0 < self.energy <= 1:
+            raise ConfigError(f"{self.name}: parameter 'energy' must be a fraction in (0, 1]; got {self.energy!r}")
+        if self.mac_fraction is not None and (not isinstance(self.mac_fraction, (int, float)) or not 0 < self.mac_fraction < 1):
+            raise ConfigError(f"{self.name}: parameter 'mac_fraction' must be None or a fraction in (0, 1); got {self.mac_fraction!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
+        fine_tune_config(self.epochs, self.lr).validate()
+
+    def choose_rank(self, layer) -> int | None:
+        """The rank for ``layer``, or None when factorizing would not save MACs."""
+        import torch
+
+        w = layer.weight.detach()
+        out_dim, in_dim = w.shape[0], int(np.prod(w.shape[1:]))
+        full = min(out_dim, in_dim)
+        if self.mac_fraction is not None:
+            rank = budget_rank(out_dim, in_dim, float(self.mac_fraction))
+        else:
+            s = torch.linalg.svdvals(w.reshape(out_dim, -1)).numpy()
+            rank = energy_rank(s, float(self.energy))
+        # MACs per output position: original out*in, factorized rank*in + out*rank.
+        if rank >= full or rank * (in_dim + out_dim) >= out_dim * in_dim:
+            return None
+        return rank
+
+    def run(self, model, ctx: PassContext) -> PassResult:
+        from torch import nn
+
+        from ..torch_twin import example_input, export, to_torch
+        from .prune_channels import macs_and_params
+
+        module = to_torch(model)
+        example = example_input(model, batch=1, seed=ctx.seed)
+        macs_before, params_before = macs_and_params(module, example)
+        ranks = {}
+        candidates = [(n, m) for n, m in module.named_modules()
+                      if isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1)]
+        for name, layer in candidates:
+            rank = self.choose_rank(layer)
+            if rank is None:
+                continue
+            ranks[name] = {"rank": rank, "full_rank": int(min(layer.weight.shape[0], np.prod(layer.weight.shape[1:])))}
+            _replace(module, name, factorize(layer, rank))
+        if hasattr(module, "recompile"):
+            module.recompile()
+        macs_after, params_after = macs_and_params(module, example)
+        report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})))
+        new = export(module, model, self.record(), seed=ctx.seed)
+        return PassResult(new, {
+            "ranks": ranks, "layers_factorized": len(ranks),
+            "macs_before": macs_before, "macs_after": macs_after, "params_before": params_before,
+            "params_after": params_after, "fine_tune": report.to_dict(),
+        })

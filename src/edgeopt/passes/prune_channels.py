@@ -1,0 +1,331 @@
+"""Structured channel pruning with real speedup: whole channels are removed, so the exported model
+is physically smaller (fewer output channels per Conv/Gemm) and dense runtimes run it faster.
+
+Dependencies between layers (residual adds, depthwise groups, flatten into a dense layer) are
+resolved by Torch-Pruning's DepGraph rather than by hand-written graph surgery. The classifier
+layer (the last Linear) keeps its outputs. Recovery, in order:
+
+1. least-squares refit of every pointwise layer (1x1 Conv, Linear) to the unpruned model's outputs
+   on the kept channels, given the pruned network's inputs (closed form, on calibration rows);
+2. distillation fine-tuning (KL to the original's outputs) plus feature hints on the kept channels,
+   with the classifier frozen.
+
+Channel counts are rounded to multiples of ``round_to`` (default 8): ONNX Runtime's blocked (NCHWc)
+convolution kernels need them, and a model with odd channel counts ran ~6x *slower* than the
+unpruned one in our DS-CNN measurement, despite fewer MACs.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..errors import ConfigError
+from ..training import Callbacks, fine_tune_config, recover
+from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
+
+IMPORTANCES = ("l1", "l2", "taylor")
+SCOPES = ("global", "layer")
+
+
+def macs_and_params(module, example) -> tuple[int, int]:
+    """Multiply-accumulates and parameter count of a torch module for one example batch (Torch-Pruning's counter)."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(module, example)
+    return int(macs), int(params)
+
+
+def kept_channels(original, pruned) -> dict[str, list[int]]:
+    """For every biased Conv/Linear of ``pruned``, which of ``original``'s output channels it kept.
+
+    Pruning slices tensors without changing values, so each surviving bias entry is found at its
+    original position (Torch-Pruning records only each group's root indices).
+    """
+    import numpy as np
+
+    before = dict(original.named_modules())
+    out = {}
+    for name, m in pruned.named_modules():
+        ref = before.get(name)
+        if getattr(m, "bias", None) is None or getattr(ref, "bias", None) is None or m.bias.ndim != 1:
+            continue
+        old, new = ref.bias.detach().numpy(), m.bias.detach().numpy()
+        position = {float(v): i for i, v in enumerate(old)}
+        if len(position) != len(old) or any(float(v) not in position for v in new):
+            continue  # repeated bias values: the mapping would be ambiguous, so this layer gets no hint
+        out[name] = [position[float(v)] for v in new]
+    return out
+
+
+class FeatureHints:
+    """Feature distillation on kept channels (FitNets-style hints for every pruned layer).
+
+    The pruned student's layer outputs are pulled toward the unpruned teacher's outputs on the same
+    channels, normalised by the teacher's variance. Matching internal features constrains the
+    student far more than matching the final outputs on the (possibly class-skewed) tuning data.
+    """
+
+    def __init__(self, student, teacher, kept: dict[str, list[int]], weight: float):
+        import torch
+
+        self.teacher, self.kept, self.weight = teacher.eval(), kept, weight
+        self.student_out: dict = {}
+        self.teacher_out: dict = {}
+        self.handles = [m.register_forward_hook(self._keep(self.student_out, name))
+                        for name, m in student.named_modules() if name in kept]
+        self.handles += [m.register_forward_hook(self._keep(self.teacher_out, name))
+                         for name, m in teacher.named_modules() if name in kept]
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.index = {k: torch.tensor(v, dtype=torch.long) for k, v in kept.items()}
+
+    @staticmethod
+    def _keep(store, name):
+        def hook(_module, _inputs, output):
+            store[name] = output
+        return hook
+
+    def close(self) -> None:
+        """Remove the hooks (the student is exported and kept as a twin afterwards)."""
+        for handle in self.handles:
+            handle.remove()
+        self.student_out.clear()
+        self.teacher_out.clear()
+
+    def __call__(self, inputs):
+        import torch
+
+        with torch.no_grad():
+            self.teacher(inputs)
+        losses = []
+        for name, index in self.index.items():
+            s, t = self.student_out.get(name), self.teacher_out.get(name)
+            if s is None or t is None:
+                continue
+            t = t.index_select(1, index)
+            losses.append(torch.mean((s - t) ** 2) / (t.var() + 1e-8))
+        return self.weight * torch.stack(losses).mean() if losses else torch.zeros(())
+
+
+def _is_pointwise(m) -> bool:
+    from torch import nn
+
+    if isinstance(m, nn.Linear):
+        return True
+    return (isinstance(m, nn.Conv2d) and m.groups == 1 and tuple(m.kernel_size) == (1, 1)
+            and tuple(m.padding) == (0, 0) and tuple(m.dilation) == (1, 1) and m.padding_mode == "zeros")
+
+
+def _capture(module, names, x, *, inputs: bool):
+    """Inputs (or outputs) of the named submodules when ``module`` runs on ``x``."""
+    import torch
+
+    store, handles = {}, []
+    for name, m in module.named_modules():
+        if name in names:
+            if inputs:
+                handles.append(m.register_forward_pre_hook(lambda _m, args, name=name: store.__setitem__(name, args[0].detach())))
+            else:
+                handles.append(m.register_forward_hook(lambda _m, _a, out, name=name: store.__setitem__(name, out.detach())))
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+
+def _rows(t, stride=(1, 1)):
+    """(samples, channels) view of an NCHW feature map (or a 2-D batch)."""
+    if t.ndim == 4:
+        t = t[:, :, ::stride[0], ::stride[1]]
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    return t.reshape(-1, t.shape[-1])
+
+
+def reconstruct(student, teacher, kept: dict[str, list[int]], x, *, max_rows: int = 50000, ridge: float = 1e-4,
+                seed: int = 0) -> list[str]:
+    """Least-squares reconstruction of pruned 1x1 convs and linears (He et al. 2017; ThiNet).
+
+    Layer by layer in forward order, each pointwise layer's weights and bias are refit so that,
+    given the pruned network's actual inputs, it reproduces the unpruned teacher's outputs on the
+    channels it kept. A closed-form linear fit on features: no gradient steps on the (possibly
+    class-skewed) tuning data. Returns the refit layer names.
+    """
+    import numpy as np
+    import torch
+
+    names = [n for n, m in student.named_modules() if n in kept and _is_pointwise(m)]
+    targets = _capture(teacher, set(names), x, inputs=False)
+    rng = np.random.default_rng(seed)
+    modules = dict(student.named_modules())
+    done = []
+    for name in names:
+        m = modules[name]
+        got = _capture(student, {name}, x, inputs=True).get(name)
+        if got is None or name not in targets:
+            continue
+        stride = tuple(m.stride) if hasattr(m, "stride") else (1, 1)
+        features = _rows(got, stride).double()
+        target = _rows(targets[name].index_select(1, torch.tensor(kept[name])), (1, 1)).double()
+        if len(features) != len(target):
+            continue
+        if len(features) > max_rows:
+            pick = torch.from_numpy(np.sort(rng.choice(len(features), max_rows, replace=False)))
+            features, target = features[pick], target[pick]
+        design = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], 1)
+        gram = design.T @ design
+        gram += ridge * torch.diag(gram).mean() * torch.eye(len(gram), dtype=gram.dtype)
+        solution = torch.linalg.solve(gram, design.T @ target)  # (in + 1) x out
+        with torch.no_grad():
+            m.weight.copy_(solution[:-1].T.reshape(m.weight.shape).float())
+            if m.bias is not None:
+                m.bias.copy_(solution[-1].float())
+            else:
+                continue
+        done.append(name)
+    return done
+
+
+def conv_channels(module) -> dict[str, int]:
+    """Output channels (features) of every Conv/Linear layer, by module name."""
+    from torch import nn
+
+    return {name: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+            for name, m in module.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+
+class PruneChannels(Pass):
+    """Remove a share of channels from every prunable layer group (DepGraph), then fine-tune."""
+
+    name: ClassVar[str] = "prune.channels"
+    stage: ClassVar[str] = "torch"
+    requires: ClassVar[frozenset[str]] = frozenset({"torch"})
+    description: ClassVar[str] = "structured channel pruning (Torch-Pruning DepGraph) + distillation fine-tuning"
+
+    def __init__(self, *, ratio: float = 0.25, importance: str = "l2", scope: str = "layer",
+                 epochs: int = 3, lr: float = 5e-4, round_to: int = 8, feature_weight: float = 1.0,
+                 reconstruct: bool = True, calibration_samples: int = 512, train_classifier: bool = False,
+                 steps: int = 1):
+        self.ratio = ratio
+        self.importance = importance
+        self.scope = scope
+        self.epochs = epochs
+        self.lr = lr
+        self.round_to = round_to
+        self.feature_weight = feature_weight
+        self.reconstruct = reconstruct
+        self.calibration_samples = calibration_samples
+        self.train_classifier = train_classifier
+        self.steps = steps
+
+    @classmethod
+    def search_space(cls):
+        return {"ratio": FloatRange(0.1, 0.6), "importance": Choice(IMPORTANCES), "scope": Choice(SCOPES),
+                "epochs": IntRange(0, 10)}
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.ratio, (int, float)) or not 0 < self.ratio < 1:
+            raise ConfigError(f"{self.name}: parameter 'ratio' must be a fraction in (0, 1); got {self.ratio!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"{self.name}: parameter 'round_to' must be an int >= 1; got {self.round_to!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 20:
+            raise ConfigError(f"{self.name}: parameter 'steps' must be an int in [1, 20]; got {self.steps!r}")
+        if not isinstance(self.train_classifier, bool):
+            raise ConfigError(f"{self.name}: parameter 'train_classifier' must be true or false; got {self.train_classifier!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError(f"{self.name}: parameter 'reconstruct' must be true or false; got {self.reconstruct!r}")
+        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise ConfigError(f"{self.name}: parameter 'calibration_samples' must be an int >= 1; got {self.calibration_samples!r}")
+        if not isinstance(self.feature_weight, (int, float)) or self.feature_weight < 0:
+            raise ConfigError(f"{self.name}: parameter 'feature_weight' must be a number >= 0; got {self.feature_weight!r}")
+        fine_tune_config(self.epochs, self.lr).validate()
+
+    def _importance(self):
+        import torch_pruning as tp
+
+        if self.importance == "l1":
+            return tp.importance.MagnitudeImportance(p=1)
+        if self.importance == "l2":
+            return tp.importance.MagnitudeImportance(p=2)
+        return tp.importance.TaylorImportance()
+
+    def run(self, model, ctx: PassContext) -> PassResult:
+        import copy
+
+        import numpy as np
+        import torch
+        import torch_pruning as tp
+        from torch import nn
+
+        from ..torch_twin import example_input, export, to_torch
+        from ..training import log_probabilities, training_data
+
+        module = to_torch(model)
+        example = example_input(model, batch=1, seed=ctx.seed)
+        macs_before, params_before = macs_and_params(module, example)
+        channels_before = conv_channels(module)
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        ignored = linears[-1:]  # the classifier's outputs are the task's classes
+        pruner = tp.pruner.MetaPruner(
+            module, example, importance=self._importance(), pruning_ratio=float(self.ratio),
+            global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored,
+            round_to=self.round_to if self.round_to > 1 else None, iterative_steps=self.steps)
+        needs_teacher = self.reconstruct or (self.epochs > 0 and self.feature_weight > 0)
+        teacher = to_torch(model) if needs_teacher else None
+        kept = {n: list(range(c)) for n, c in channels_before.items()}
+        x_calib = None
+        if self.reconstruct or self.importance == "taylor":
+            train, _ = training_data(model, ctx)
+            rows = np.sort(np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples])
+            x_calib = torch.from_numpy(np.ascontiguousarray(train.x[rows], dtype=np.float32))
+            y_calib = torch.from_numpy(train.y[rows].astype("int64")) if train.has_labels else None
+        refit: list[str] = []
+        for _ in range(self.steps):
+            if self.importance == "taylor":
+                # Taylor importance reads gradients: the task loss (or distance to the teacher's outputs).
+                out = module(x_calib)
+                if y_calib is not None:
+                    loss = torch.nn.functional.nll_loss(log_probabilities(out), y_calib)
+                else:
+                    target = torch.from_numpy(model.predict(x_calib.numpy())[0])
+                    loss = torch.nn.functional.mse_loss(out, target)
+                module.zero_grad()
+                loss.backward()
+            before = copy.deepcopy(module) if teacher is not None else None
+            pruner.step()
+            module.zero_grad(set_to_none=True)
+            if teacher is None:
+                continue
+            # Compose this step's surviving channels with the earlier ones (biases change when refit).
+            local = kept_channels(before, module)
+            kept = {n: [kept[n][i] for i in idx] for n, idx in local.items() if n in kept}
+            if self.reconstruct:
+                refit = reconstruct(module, teacher, kept, x_calib, seed=ctx.seed)
+        macs_after, params_after = macs_and_params(module, example)
+        hints = None
+        if self.epochs > 0 and self.feature_weight > 0:
+            hints = FeatureHints(module, teacher, kept, float(self.feature_weight))
+        try:
+            # The classifier keeps its outputs; frozen, it cannot learn to ignore classes missing from
+            # the tuning data (which is often a skewed sample) while the features recover.
+            frozen = set() if self.train_classifier else {id(p) for m in ignored for p in m.parameters()}
+            trainable = [p for p in module.parameters() if id(p) not in frozen]
+            report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})),
+                             callbacks=Callbacks(extra_loss=hints), trainable=trainable)
+        finally:
+            if hints is not None:
+                hints.close()
+        new = export(module, model, self.record(), seed=ctx.seed)
+        channels_after = conv_channels(module)
+        return PassResult(new, {
+            "macs_before": macs_before, "macs_after": macs_after, "mac_reduction": 1 - macs_after / max(1, macs_before),
+            "params_before": params_before, "params_after": params_after,
+            "channels_removed": {k: channels_before[k] - channels_after.get(k, 0) for k in channels_before
+                                 if channels_before[k] != channels_after.get(k, 0)},
+            "reconstructed_layers": len(refit), "fine_tune": report.to_dict(),
+        })

@@ -1,0 +1,41 @@
+"""fp16 weights and activations (ONNX Runtime's float16 converter), I/O kept float32.
+
+Halves the file; whether it is faster depends on the runtime (ORT's CPU provider mostly casts
+back to float32, GPUs and some NPUs run fp16 natively), which is why the optimizer measures it.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..quant.compact import compact as compact_graph
+from .base import Choice, Pass, PassContext, PassResult
+
+
+class QuantizeFp16(Pass):
+    """Convert float32 weights and activations to float16, keeping float32 inputs and outputs."""
+
+    name = "quantize.fp16"
+    description = "float16 weights/activations with float32 I/O"
+
+    def __init__(self, *, keep_io_types: bool = True, op_block_list: tuple | list = ()):
+        self.keep_io_types = keep_io_types
+        self.op_block_list = list(op_block_list) if not isinstance(op_block_list, str) else op_block_list
+
+    @classmethod
+    def search_space(cls):
+        return {"keep_io_types": Choice((True, False))}
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.op_block_list, str) or not all(isinstance(o, str) for o in self.op_block_list):
+            raise ConfigError(f"quantize.fp16: parameter 'op_block_list' must be a list of op types; got {self.op_block_list!r}")
+
+    def run(self, model, ctx: PassContext) -> PassResult:
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+        proto = model.proto()
+        blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(self.op_block_list))
+        converted = convert_float_to_float16(proto, keep_io_types=self.keep_io_types, op_block_list=blocked,
+                                             disable_shape_infer=False)
+        stats = {"compaction": compact_graph(converted)}
+        return PassResult(model.derive(converted, self.record()), stats)

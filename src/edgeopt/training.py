@@ -1,0 +1,395 @@
+"""Recovery fine-tuning shared by every training pass (pruning, distillation, QAT, low-rank, clustering).
+
+One loop: seeded and deterministic, CPU-friendly defaults (one thread, small batches, few epochs),
+cosine or one-cycle learning rate, early stop on a tuning split (the best epoch's weights are kept),
+a rich progress bar, knowledge distillation from a teacher (temperature-scaled KL, plus the task
+cross-entropy when labels exist, so unlabeled data works too) and light augmentation for small
+data sets. Passes plug in through :class:`Callbacks` (re-apply pruning masks after each step,
+keep weight clusters, prune gradually per epoch).
+
+>>> cfg = FineTune(epochs=3, lr=1e-3, schedule="cosine")
+>>> cfg.validate()
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+AUGMENTATIONS = ("auto", "none", "noise", "shift", "time_shift")
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """Settings of a recovery fine-tuning run (grouped so that passes keep few parameters).
+
+    ``alpha`` weighs distillation against the task loss: ``alpha * KL + (1 - alpha) * CE``
+    (with no labels the loss is the distillation term alone). ``patience`` epochs without
+    improvement on the tuning split stop the run. AdamW moves every weight by about ``lr`` per step
+    whatever its scale, so a tensor of small weights (a first layer fed 0..255 pixels has RMS ~0.005)
+    gets its learning rate capped at ``max_relative_step * RMS(tensor)``: a few hundred steps must
+    not wipe it out.
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    patience: int = 2
+    temperature: float = 4.0
+    alpha: float = 0.7
+    augment: str = "auto"
+    threads: int = 1
+    holdout: float = 0.1
+    max_relative_step: float = 0.01
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"fine-tune epochs must be an int >= 0; got {self.epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
+            raise ConfigError(f"fine-tune lr must be a number in (0, 10); got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"fine-tune schedule must be one of {list(SCHEDULES)}; got {self.schedule!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"fine-tune augment must be one of {list(AUGMENTATIONS)}; got {self.augment!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"fine-tune batch_size must be an int >= 1; got {self.batch_size!r}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"fine-tune alpha (distillation weight) must be in [0, 1]; got {self.alpha!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"fine-tune temperature must be > 0; got {self.temperature!r}")
+        if not self.max_relative_step > 0:
+            raise ConfigError(f"fine-tune max_relative_step must be > 0; got {self.max_relative_step!r}")
+        if not 0 <= self.holdout < 0.5:
+            raise ConfigError(f"fine-tune holdout must be a fraction in [0, 0.5); got {self.holdout!r}")
+
+
+@dataclass
+class Callbacks:
+    """Hooks a pass gives the loop: after every optimizer step, and before every epoch."""
+
+    after_step: Callable[[Any], None] | None = None
+    before_epoch: Callable[[Any, int], None] | None = None
+    after_backward: Callable[[Any], None] | None = None
+    #: extra_loss(inputs) -> tensor added to the loss, called after the student's forward on ``inputs``
+    extra_loss: Callable[[Any], Any] | None = None
+    #: epochs before this one are never kept as "best" (e.g. a gradual schedule has not reached its target)
+    first_eligible_epoch: int = 0
+
+
+@dataclass
+class FineTuneReport:
+    epochs_run: int = 0
+    best_epoch: int = -1
+    best_score: float | None = None
+    score_name: str = ""
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_score": self.best_score,
+                "score": self.score_name, "history": self.history}
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+
+def log_probabilities(outputs):
+    """Log-probabilities from a classifier's outputs, whether they are logits or softmax probabilities.
+
+    The MLPerf Tiny models end in Softmax; ``log(p)`` equals the logits up to a per-row constant,
+    so temperature scaling on it is exact.
+    """
+    import torch
+
+    with torch.no_grad():
+        looks_like_probabilities = bool(
+            outputs.min() >= 0 and outputs.max() <= 1 and torch.allclose(outputs.sum(-1), torch.ones(1), atol=1e-3))
+    if looks_like_probabilities:
+        return torch.log(outputs.clamp_min(1e-12))
+    return torch.log_softmax(outputs, dim=-1)
+
+
+def distillation_loss(student, teacher, labels=None, *, temperature: float = 4.0, alpha: float = 0.7):
+    """Hinton et al.: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)``.
+
+    Without labels the loss is the KL term alone. Outputs that are not class scores (2-D with
+    several classes) are distilled by mean squared error instead.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if student.ndim != 2 or student.shape[-1] < 2:
+        return F.mse_loss(student, teacher)
+    s_log = log_probabilities(student)
+    t_log = log_probabilities(teacher).detach()
+    kd = F.kl_div(torch.log_softmax(s_log / temperature, -1), torch.log_softmax(t_log / temperature, -1),
+                  log_target=True, reduction="batchmean") * temperature ** 2
+    if labels is None or alpha >= 1:
+        return kd
+    ce = F.nll_loss(s_log, labels)
+    return alpha * kd + (1 - alpha) * ce
+
+
+# ------------------------------------------------------------------------------------------------
+# Augmentation
+# ------------------------------------------------------------------------------------------------
+
+def _resolve_augment(kind: str, x: np.ndarray) -> str:
+    if kind != "auto":
+        return kind
+    if x.ndim == 4:
+        spatial = x.shape[1:3] if x.shape[-1] <= 4 else x.shape[2:4]
+        # Images (both spatial sides >= 16) shift in 2-D; MFCC-like inputs (time x coefficients) only in time.
+        return "shift" if min(spatial) >= 16 else "time_shift"
+    return "noise"
+
+
+def augment_batch(x: np.ndarray, kind: str, rng: np.random.Generator, *, noise_scale: float) -> np.ndarray:
+    """Light augmentation for small data: noise, spatial shifts (images), time shifts (MFCC)."""
+    if kind == "none":
+        return x
+    out = x.copy()
+    if kind in ("shift", "time_shift") and x.ndim == 4:
+        nhwc = x.shape[-1] <= 4
+        axes = (1, 2) if nhwc else (2, 3)
+        if kind == "time_shift":
+            axes = axes[:1]
+        for i in range(len(out)):
+            for axis in axes:
+                limit = max(1, out.shape[axis] // 8)
+                shift = int(rng.integers(-limit, limit + 1))
+                if shift:
+                    rolled = np.roll(out[i], shift, axis=axis - 1)
+                    index = [slice(None)] * rolled.ndim
+                    index[axis - 1] = slice(0, shift) if shift > 0 else slice(shift, None)
+                    rolled[tuple(index)] = 0 if kind == "shift" else rolled[tuple(index)].mean()
+                    out[i] = rolled
+    out = out + rng.standard_normal(out.shape).astype(out.dtype) * np.asarray(noise_scale, dtype=out.dtype)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+def predict(module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of a torch module over numpy inputs, in eval mode, batched."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            outs.append(module(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size]))).numpy())
+    module.train(was_training)
+    return np.concatenate(outs, axis=0)
+
+
+def _teacher_fn(teacher) -> Callable[[np.ndarray], np.ndarray] | None:
+    if teacher is None:
+        return None
+    if hasattr(teacher, "predict") and hasattr(teacher, "onnx_bytes"):  # a ModelHandle: run on ONNX Runtime
+        return lambda x: teacher.predict(x, batch_size=len(x))[0]
+    if callable(teacher) and hasattr(teacher, "parameters"):
+        frozen = copy.deepcopy(teacher).eval()
+        return lambda x: predict(frozen, x)
+    if callable(teacher):
+        return teacher
+    raise ConfigError(f"teacher must be a ModelHandle, an nn.Module or a callable; got {type(teacher).__name__}")
+
+
+def _score(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> tuple[str, float]:
+    if outputs.ndim == 2 and outputs.shape[1] > 1:
+        if labels is not None:
+            return "top1", float(np.mean(outputs.argmax(1) == labels))
+        if reference is not None:
+            return "agreement", float(np.mean(outputs.argmax(1) == reference.argmax(1)))
+    if reference is not None:
+        return "neg_mse", -float(np.mean((outputs - reference) ** 2))
+    raise DataError("early stopping needs labels or a teacher to compare with; give labelled tuning data or a teacher")
+
+
+def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = FineTune(), seed: int = 0,
+              callbacks: Callbacks | None = None, trainable=None, report: Callable[[str, float], None] | None = None
+              ) -> FineTuneReport:
+    """Fine-tune ``module`` in place on ``train`` (an :class:`edgeopt.data.Dataset`), distilling from ``teacher``.
+
+    ``tune`` is the early-stopping split; without one, a seeded random ``config.holdout`` share of
+    ``train`` is held out (random, not the last rows: data sets are often sorted by class). The
+    weights of the best epoch on that split are restored at the end. Deterministic for a given
+    seed and thread count.
+
+    >>> import torch, numpy as np                                            # doctest: +SKIP
+    >>> from edgeopt.data import Dataset                                     # doctest: +SKIP
+    >>> net = torch.nn.Linear(4, 3)                                          # doctest: +SKIP
+    >>> d = Dataset(np.random.rand(64, 4).astype("float32"), np.arange(64) % 3)  # doctest: +SKIP
+    >>> fine_tune(net, d, config=FineTune(epochs=1, progress=False)).epochs_run  # doctest: +SKIP
+    1
+    """
+    import torch
+
+    config.validate()
+    callbacks = callbacks or Callbacks()
+    teacher_of = _teacher_fn(teacher)
+    if train is None or len(train) == 0:
+        raise DataError("fine-tuning needs training data (PassContext.train or .tune); none was given")
+    if not train.has_labels and teacher_of is None:
+        raise DataError("fine-tuning unlabeled data needs a teacher to distill from")
+    rng = np.random.default_rng(seed)
+    x_all = np.asarray(train.x, dtype=np.float32)
+    y_all = None if train.y is None else np.asarray(train.y).astype(np.int64).reshape(-1)
+    if tune is None and config.holdout > 0 and len(x_all) >= 20:
+        order = rng.permutation(len(x_all))
+        cut = max(1, int(round(len(x_all) * config.holdout)))
+        hold, keep = np.sort(order[:cut]), np.sort(order[cut:])
+        x_tune, y_tune = x_all[hold], None if y_all is None else y_all[hold]
+        x_all, y_all = x_all[keep], None if y_all is None else y_all[keep]
+    elif tune is not None:
+        x_tune = np.asarray(tune.x, dtype=np.float32)
+        y_tune = None if tune.y is None else np.asarray(tune.y).astype(np.int64).reshape(-1)
+    else:
+        x_tune, y_tune = None, None
+    t_tune = teacher_of(x_tune) if (teacher_of and x_tune is not None) else None
+
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    kind = _resolve_augment(config.augment, x_all)
+    noise_scale = 0.02 * float(x_all.std()) if kind != "none" else 0.0
+    params = [p for p in (trainable if trainable is not None else module.parameters()) if p.requires_grad]
+    result = FineTuneReport()
+    try:
+        if config.epochs == 0 or not params:
+            return result
+        groups = []
+        for p in params:
+            rms = float(p.detach().pow(2).mean().sqrt()) if p.numel() else 0.0
+            groups.append({"params": [p], "lr": min(config.lr, config.max_relative_step * rms) if rms > 0 else config.lr})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = max(1, int(np.ceil(len(x_all) / config.batch_size)))
+        total = steps_per_epoch * config.epochs
+        if config.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        elif config.schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        best_state, stale = None, 0
+        progress = _progress(config.progress)
+        with progress:
+            task = progress.add_task("fine-tuning", total=total)
+            for epoch in range(config.epochs):
+                if callbacks.before_epoch:
+                    callbacks.before_epoch(module, epoch)
+                module.train()
+                order = rng.permutation(len(x_all))
+                losses = []
+                for step in range(steps_per_epoch):
+                    idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                    xb = augment_batch(x_all[idx], kind, rng, noise_scale=noise_scale)
+                    tb = torch.from_numpy(np.ascontiguousarray(teacher_of(xb))) if teacher_of else None
+                    yb = torch.from_numpy(y_all[idx]) if y_all is not None else None
+                    inputs = torch.from_numpy(np.ascontiguousarray(xb))
+                    out = module(inputs)
+                    if tb is None:
+                        loss = torch.nn.functional.nll_loss(log_probabilities(out), yb)
+                    else:
+                        loss = distillation_loss(out, tb, yb, temperature=config.temperature, alpha=config.alpha)
+                    if callbacks.extra_loss:
+                        loss = loss + callbacks.extra_loss(inputs)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if callbacks.after_backward:
+                        callbacks.after_backward(module)
+                    optimizer.step()
+                    scheduler.step()
+                    if callbacks.after_step:
+                        callbacks.after_step(module)
+                    losses.append(float(loss.detach()))
+                    progress.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs} loss {np.mean(losses):.4f}")
+                entry = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+                result.epochs_run = epoch + 1
+                if x_tune is not None:
+                    name, value = _score(predict(module, x_tune), y_tune, t_tune)
+                    entry[name] = value
+                    result.score_name = name
+                    if epoch < callbacks.first_eligible_epoch:
+                        pass
+                    elif result.best_score is None or value > result.best_score:
+                        result.best_score, result.best_epoch, stale = value, epoch, 0
+                        best_state = copy.deepcopy(module.state_dict())
+                    else:
+                        stale += 1
+                result.history.append(entry)
+                if report:
+                    report(f"epoch {epoch + 1}/{config.epochs}", (epoch + 1) / config.epochs)
+                if x_tune is not None and stale > config.patience and epoch >= callbacks.first_eligible_epoch:
+                    break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        module.eval()
+        return result
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True, disable=not enabled or not sys.stderr.isatty())
+
+
+# ------------------------------------------------------------------------------------------------
+# Glue for passes
+# ------------------------------------------------------------------------------------------------
+
+def training_data(model, ctx):
+    """(train, tune) Datasets for a pass, fitted to ``model``: ``ctx.train`` with ``ctx.tune`` for early
+    stopping, or ``ctx.tune`` alone (then a random holdout of it stops early), or ``ctx.calib``."""
+    from .data import fit_to_model
+
+    train, tune = ctx.train, ctx.tune
+    if train is None:
+        train, tune = (ctx.tune, None) if ctx.tune is not None else (ctx.calib, None)
+    if train is None:
+        raise DataError("this pass fine-tunes and needs data: give PassContext(train=...) or tune=... (labels optional)")
+    train = fit_to_model(train, model)
+    tune = fit_to_model(tune, model) if tune is not None else None
+    return train, tune
+
+
+def recover(module, model, ctx, config: FineTune, *, callbacks: Callbacks | None = None, trainable=None,
+            teacher: Any = "default") -> FineTuneReport:
+    """Fine-tune ``module`` (derived from ``model``) to recover quality, distilling from the original.
+
+    The teacher is ``ctx.teacher`` if given, else ``model`` itself (the pass's input, run on ONNX
+    Runtime). ``config.epochs == 0`` skips training.
+    """
+    if config.epochs == 0:
+        return FineTuneReport()
+    train, tune = training_data(model, ctx)
+    if teacher == "default":
+        teacher = ctx.teacher if ctx.teacher is not None else model
+    return fine_tune(module, train, tune=tune, teacher=teacher, config=config, seed=ctx.seed,
+                     callbacks=callbacks, trainable=trainable, report=ctx.report)
+
+
+def fine_tune_config(epochs: int, lr: float, /, **overrides) -> FineTune:
+    """A :class:`FineTune` with a pass's ``epochs``/``lr`` and optional overrides from ``ctx.options``."""
+    return replace(FineTune(epochs=epochs, lr=lr), **overrides)

@@ -1,0 +1,67 @@
+"""lowrank: contract + the chosen rank is reached (energy threshold and MAC budget), Conv and Linear."""
+
+import numpy as np
+import pytest
+from training_models import FAST, mnist_rows, onnx_weight_arrays, trained_mlp
+
+from edgeopt.passes.base import PassContext
+from edgeopt.passes.lowrank import LowRank, budget_rank, energy_rank
+from edgeopt.testing import PassContract
+
+
+@pytest.fixture(scope="module")
+def mlp(mnist_path):
+    return trained_mlp(mnist_path, hidden=(128, 64))
+
+
+@pytest.fixture(scope="module")
+def mnist_ctx(mnist_path):
+    return PassContext(train=mnist_rows(mnist_path, 1000, 1600), tune=mnist_rows(mnist_path, 1600, 1800),
+                       options={"fine_tune": FAST})
+
+
+class TestLowRankContract(PassContract):
+    @pytest.fixture
+    def pass_instance(self):
+        return LowRank(energy=0.6, epochs=1)
+
+    @pytest.fixture
+    def model(self, mlp):
+        return mlp
+
+    @pytest.fixture
+    def ctx(self, mnist_ctx):
+        return mnist_ctx
+
+    @pytest.fixture
+    def bad_params(self):
+        return [{"energy": 0.0}, {"energy": 1.5}, {"mac_fraction": 1.0}, {"mac_fraction": "half"}, {"epochs": -2}]
+
+
+def test_energy_rank():
+    s = np.array([3.0, 2.0, 1.0, 0.0])
+    assert energy_rank(s, 9 / 14) == 1
+    assert energy_rank(s, 0.9) == 2
+    assert energy_rank(s, 1.0) == 3
+    assert budget_rank(100, 100, 0.5) == 25
+
+
+def test_linear_rank_reached_in_onnx(mlp, mnist_ctx):
+    result = LowRank(energy=0.8, epochs=3, lr=2e-3)(mlp, mnist_ctx)
+    ranks = result.stats["ranks"]
+    assert ranks, "no layer was factorized"
+    inner = sorted(min(w.shape) for w in onnx_weight_arrays(result.model).values())
+    for r in ranks.values():
+        assert r["rank"] < r["full_rank"]
+        assert r["rank"] in inner  # the factor matrices really have the chosen inner dimension
+    assert result.stats["macs_after"] < result.stats["macs_before"]
+    acc = np.mean(result.model.predict(mnist_ctx.tune.x)[0].argmax(1) == mnist_ctx.tune.y)
+    assert acc > 0.6
+
+
+def test_conv_mac_budget_on_resnet8(resnet8, cifar):
+    result = LowRank(mac_fraction=0.5, epochs=0)(resnet8, PassContext())
+    assert result.stats["layers_factorized"] >= 3
+    assert result.stats["macs_after"] < 0.8 * result.stats["macs_before"]
+    out = result.model.run(cifar.x[:2].astype(np.float32))[0]
+    assert out.shape == (2, 10)

@@ -1,0 +1,76 @@
+"""prune.channels: contract + channels really removed (DS-CNN depthwise groups, ResNet-8 residual adds)."""
+
+import numpy as np
+import pytest
+from training_models import kws_ctx, onnx_weight_arrays
+
+from edgeopt.passes.prune_channels import PruneChannels
+from edgeopt.testing import PassContract
+
+
+@pytest.fixture(scope="module")
+def ctx(kws_data):
+    return kws_ctx(kws_data)
+
+
+class TestPruneChannelsContract(PassContract):
+    @pytest.fixture
+    def pass_instance(self):
+        return PruneChannels(ratio=0.25, epochs=1)
+
+    @pytest.fixture
+    def model(self, dscnn):
+        return dscnn
+
+    @pytest.fixture
+    def ctx(self, ctx):
+        return ctx
+
+    @pytest.fixture
+    def bad_params(self):
+        return [{"ratio": 0.0}, {"ratio": 1.5}, {"importance": "l3"}, {"scope": "everywhere"}, {"epochs": -1},
+                {"round_to": 0}, {"steps": 0}, {"reconstruct": "yes"}, {"feature_weight": -1}]
+
+
+def _conv_out_channels(handle):
+    return sorted(w.shape[0] for w in onnx_weight_arrays(handle, min_dims=4).values())
+
+
+def test_dscnn_loses_channels_and_macs(dscnn, ctx):
+    result = PruneChannels(ratio=0.25, epochs=0)(dscnn, ctx)
+    before, after = _conv_out_channels(dscnn), _conv_out_channels(result.model)
+    assert len(before) == len(after)
+    assert sum(after) <= 0.8 * sum(before), (before, after)
+    assert result.stats["mac_reduction"] >= 0.3
+    assert result.model.size_bytes < 0.8 * dscnn.size_bytes
+    assert result.stats["channels_removed"]
+
+
+def test_resnet8_residual_groups_prune_consistently(resnet8, cifar):
+    from edgeopt.passes.base import PassContext
+
+    result = PruneChannels(ratio=0.3, epochs=0, scope="global", importance="l1", reconstruct=False)(resnet8, PassContext())
+    out = result.model.run(cifar.x[:4].astype(np.float32))[0]
+    assert out.shape == (4, 10) and np.allclose(out.sum(1), 1, atol=1e-4)
+    assert result.stats["params_after"] < result.stats["params_before"]
+
+
+def test_taylor_importance_uses_data(dscnn, ctx):
+    result = PruneChannels(ratio=0.2, epochs=0, importance="taylor")(dscnn, ctx)
+    assert result.stats["mac_reduction"] > 0.2
+
+
+def test_least_squares_refit_brings_outputs_back_toward_the_original(dscnn, ctx, kws_data):
+    held_out = kws_data.x[::25]
+    reference = dscnn.predict(held_out)[0].argmax(1)
+    plain = PruneChannels(ratio=0.25, epochs=0, reconstruct=False)(dscnn, ctx).model
+    refit = PruneChannels(ratio=0.25, epochs=0, reconstruct=True)(dscnn, ctx)
+    agree_plain = np.mean(plain.predict(held_out)[0].argmax(1) == reference)
+    agree_refit = np.mean(refit.model.predict(held_out)[0].argmax(1) == reference)
+    assert refit.stats["reconstructed_layers"] >= 4
+    assert agree_refit > agree_plain + 0.2, (agree_plain, agree_refit)
+
+
+def test_channel_counts_rounded_for_fast_kernels(dscnn, ctx):
+    result = PruneChannels(ratio=0.2, epochs=0, round_to=8, reconstruct=False)(dscnn, ctx)
+    assert all(c % 8 == 0 for c in _conv_out_channels(result.model))

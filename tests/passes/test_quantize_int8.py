@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from edgeopt.errors import ConfigError, UnsupportedModelError
+from edgeopt.passes import make_pass
+from edgeopt.passes.quantize_int8 import quantizable_nodes
+from edgeopt.testing import PassContract
+
+from _ptq_fixtures import kws_ctx, no_weights_model
+
+
+class TestQuantizeInt8(PassContract):
+    @pytest.fixture
+    def pass_instance(self):
+        return make_pass("quantize.int8", {"samples": 32})
+
+    @pytest.fixture
+    def model(self, dscnn):
+        return dscnn
+
+    @pytest.fixture
+    def ctx(self, kws_data):
+        return kws_ctx(kws_data)
+
+    @pytest.fixture
+    def bad_params(self):
+        return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
+                {"exclude_nodes": "conv1"}, {"percentile": 120}]
+
+
+@pytest.fixture(scope="module")
+def int8_dscnn(dscnn, kws_data):
+    return make_pass("quantize.int8", {"samples": 64})(dscnn, kws_ctx(kws_data))
+
+
+def test_u8_activations_s8_weights_for_onnxruntime_and_small_file(int8_dscnn, dscnn_path):
+    proto = int8_dscnn.model.proto()
+    assert int8_dscnn.stats["activations"] == "u8"
+    q_types = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= q_types
+    weights = [i for i in proto.graph.initializer if len(i.dims) == 4]
+    assert weights and all(w.data_type == 3 for w in weights)  # INT8
+    # int8 weights are 0.25x; the compacted graph must stay close to that
+    assert int8_dscnn.model.size_bytes < 0.37 * dscnn_path.stat().st_size
+    assert not any(n.name for n in proto.graph.node)  # node names stripped by compaction
+
+
+def test_int8_keeps_accuracy_on_held_out_rows(int8_dscnn, dscnn, kws_data):
+    held_out = kws_data.take(1000, 1400)
+    fp32 = dscnn.predict(held_out.x)[0].argmax(1)
+    int8 = int8_dscnn.model.predict(held_out.x)[0].argmax(1)
+    assert (fp32 == int8).mean() >= 0.97
+
+
+def test_exclude_nodes_keeps_those_layers_float(dscnn, kws_data):
+    folded = make_pass("fold")(dscnn, kws_ctx(kws_data, 16)).model
+    layers = quantizable_nodes(folded.proto())
+    result = make_pass("quantize.int8", {"samples": 16, "exclude_nodes": layers[:1], "compact": False})(folded, kws_ctx(kws_data, 16))
+    assert result.stats["float_layers"] == layers[:1]
+    consumer = next(n for n in result.model.proto().graph.node if n.name == layers[0])
+    assert consumer.op_type == "Conv"
+    weight = next(i for i in result.model.proto().graph.initializer if i.name == consumer.input[1])
+    assert weight.data_type == 1  # FLOAT: this layer stayed fp32
+
+
+def test_same_inputs_give_identical_bytes(dscnn, kws_data):
+    p = make_pass("quantize.int8", {"samples": 16})
+    a = p(dscnn, kws_ctx(kws_data, 16)).model.onnx_bytes
+    b = p(dscnn, kws_ctx(kws_data, 16)).model.onnx_bytes
+    assert a == b
+
+
+def test_model_without_quantizable_ops_is_a_typed_error(kws_data):
+    model = no_weights_model()
+    from edgeopt.data import Dataset
+    from edgeopt.passes import PassContext
+
+    ctx = PassContext(calib=Dataset(np.zeros((4, 8), np.float32)))
+    with pytest.raises(UnsupportedModelError, match="nothing|cannot"):
+        make_pass("quantize.int8")(model, ctx)
+
+
+def test_excluding_every_layer_is_a_config_error(dscnn, kws_data):
+    layers = quantizable_nodes(dscnn.proto())
+    with pytest.raises(ConfigError, match="every weighted layer"):
+        make_pass("quantize.int8", {"exclude_nodes": layers})(dscnn, kws_ctx(kws_data, 8))
+
+
+def test_bias_correction_brings_quantized_layer_means_back(dscnn, kws_data):
+    """Sequential empirical bias correction: held-out fidelity (SQNR vs fp32) must not get worse."""
+    from edgeopt.evaluation import fidelity
+
+    ctx = kws_ctx(kws_data, 128)
+    folded = make_pass("fold")(dscnn, ctx).model
+    plain = make_pass("quantize.int8", {"samples": 128})(folded, ctx).model
+    corrected = make_pass("quantize.int8", {"samples": 128, "bias_correction": True})(folded, ctx)
+    assert corrected.stats["bias_corrected_layers"] >= 9
+    held_out = kws_data.x[2000:2600]
+    ref = dscnn.predict(held_out)[0]
+    sqnr_plain = fidelity(plain.predict(held_out)[0], ref)["sqnr_db"]
+    sqnr_corrected = fidelity(corrected.model.predict(held_out)[0], ref)["sqnr_db"]
+    assert sqnr_corrected >= sqnr_plain - 0.5

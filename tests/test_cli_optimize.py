@@ -1,0 +1,85 @@
+"""`edgeopt optimize` / `edgeopt apply` end to end on the bundled KWS example (small row ranges: fast)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeopt.cli.main import run
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "kws" / "dscnn_kws12.onnx"
+DATA = ROOT / "examples" / "kws" / "speech_commands_mfcc_1000.npz"
+COMMON = ["--split", "calib=0:128,eval=128:448", "--techniques", "int8", "--goal", "size", "--bench-rounds", "1", "--quick"]
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    code = run(["optimize", str(MODEL), "--data", str(DATA), "--max-drop", "2pt", "--out", str(out), *COMMON])
+    assert code == 0
+    return out
+
+
+def test_optimize_writes_the_four_files(optimized):
+    assert sorted(p.name for p in optimized.iterdir()) == ["model.onnx", "recipe.yaml", "report.html", "report.json"]
+    report = json.loads((optimized / "report.json").read_text())
+    assert report["chosen"]["size_bytes"] == (optimized / "model.onnx").stat().st_size
+    html = (optimized / "report.html").read_text()
+    assert "plotly" in html and "<script" in html and "cdn.plot.ly" not in html.split("<body>")[1][:200]
+    assert "Per-layer precision" in html
+
+
+def test_apply_reproduces_the_model_byte_for_byte(optimized, tmp_path, capsys):
+    again = tmp_path / "again"
+    code = run(["apply", str(MODEL), "--recipe", str(optimized / "recipe.yaml"), "--data", str(DATA), "--out", str(again), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    original = (optimized / "model.onnx").read_bytes()
+    assert (again / "model.onnx").read_bytes() == original
+    assert summary["sha256"] == hashlib.sha256(original).hexdigest()
+
+
+def test_recipe_records_seed_and_calibration_rows(optimized):
+    import yaml
+
+    recipe = yaml.safe_load((optimized / "recipe.yaml").read_text())
+    assert recipe["seed"] == 0
+    assert recipe["data"]["splits"]["calib"] == [0, 128]
+    assert recipe["data"]["calibration_rows"][0] == 0 and recipe["data"]["calibration_rows"][1] <= 128
+    assert [s["pass"] for s in recipe["steps"]][0] == "fold"
+
+
+def test_json_output_is_the_report(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = run(["optimize", str(MODEL), "--data", str(DATA), "--max-drop", "3pt", "--out", str(out), "--json",
+                "--split", "calib=0:64,eval=64:192", "--techniques", "fp16", "--goal", "size", "--bench-rounds", "1"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert code == 0
+    assert report["chosen"]["name"] == "fp16"
+    assert "_reference_eval_outputs" not in report
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-drop", "150%"], "--max-drop"),
+    (["--metric", "nosuchmetric"], "unknown metric"),
+    (["--y-key", "no_labels_here"], "needs labels"),
+])
+def test_bad_input_is_one_line_error_and_no_output(args, message, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = run(["optimize", str(MODEL), "--data", str(DATA), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_apply_without_the_data_says_which_rows(optimized, tmp_path, capsys):
+    code = run(["apply", str(MODEL), "--recipe", str(optimized / "recipe.yaml"), "--out", str(tmp_path / "x")])
+    assert code == 1
+    assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

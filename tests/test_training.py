@@ -1,0 +1,77 @@
+"""The shared fine-tuning loop: deterministic, early stop keeps the best epoch, augmentation, config errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.data import Dataset
+from edgeopt.errors import ConfigError, DataError
+from edgeopt.training import FineTune, augment_batch, fine_tune
+
+
+def _data(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    return Dataset(x, y)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def test_same_seed_same_weights():
+    cfg = FineTune(epochs=2, lr=1e-2, progress=False, augment="noise", max_relative_step=1.0)
+    a, b = _net(), _net()
+    fine_tune(a, _data(), config=cfg, seed=7)
+    fine_tune(b, _data(), config=cfg, seed=7)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_learns_and_reports_history():
+    net = _net()
+    report = fine_tune(net, _data(), tune=_data(100, seed=1), config=FineTune(epochs=10, lr=1e-2, batch_size=16, progress=False, patience=10, max_relative_step=1.0,
+                                                                               schedule="onecycle", augment="none"))
+    assert report.score_name == "top1" and report.best_score > 0.8
+    assert len(report.history) == report.epochs_run
+
+
+def test_unlabeled_needs_teacher_and_works_with_one():
+    data = Dataset(_data().x)
+    with pytest.raises(DataError, match="teacher"):
+        fine_tune(_net(), data, config=FineTune(epochs=1, progress=False))
+    teacher = _net(seed=3)
+    report = fine_tune(_net(), data, teacher=teacher, config=FineTune(epochs=2, lr=1e-2, progress=False))
+    assert report.score_name == "agreement"
+
+
+@pytest.mark.parametrize("bad", [{"epochs": -1}, {"schedule": "step"}, {"augment": "mixup"}, {"alpha": 2},
+                                 {"temperature": 0}, {"batch_size": 0}])
+def test_bad_config(bad):
+    with pytest.raises(ConfigError):
+        FineTune(**bad).validate()
+
+
+def test_time_shift_moves_only_time_axis():
+    rng = np.random.default_rng(0)
+    x = np.zeros((4, 49, 10, 1), np.float32)
+    x[:, 20, :, 0] = 1.0
+    out = augment_batch(x, "time_shift", rng, noise_scale=0.0)
+    assert out.shape == x.shape
+    # each sample's peak stays a full row of coefficients, possibly at another time step
+    for sample in out:
+        row = sample[..., 0].sum(axis=1).argmax()
+        assert np.allclose(sample[row, :, 0], 1.0)
+
+
+def test_small_weights_get_a_capped_learning_rate():
+    """A tensor of tiny weights (a first layer fed 0..255 pixels) must survive a short recovery run."""
+    net = _net()
+    with torch.no_grad():
+        net[0].weight.mul_(0.01)
+    before = net[0].weight.detach().clone()
+    fine_tune(net, _data(), config=FineTune(epochs=3, lr=1e-2, progress=False, augment="none"), seed=0)
+    relative_change = float((net[0].weight - before).norm() / before.norm())
+    assert relative_change < 0.5
