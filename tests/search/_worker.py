@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "src"), str(Path(__file__).resolve().parent)]
 
 import edgeopt  # noqa: E402
 from edgeopt.data import load_data  # noqa: E402
 from edgeopt.search import SearchOptions, SearchSpace, run_search  # noqa: E402
-from tests.search._passes import DynamicInt8, ThresholdPrune  # noqa: E402
+from _passes import DynamicInt8, ThresholdPrune  # noqa: E402
 
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
 

@@ -11,7 +11,7 @@ from edgeopt.cli.main import run
 from edgeopt.cli.cmd_search import parse_duration
 from edgeopt.errors import ConfigError
 from edgeopt.passes import base
-from tests.search._passes import TEST_PASSES
+from _passes import TEST_PASSES
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import shared
+from shared_data import shared
 
 WORKER = Path(__file__).with_name("_worker.py")
 N = 12

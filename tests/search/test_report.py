@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeopt.search import SearchOptions, SearchSpace, run_search
-from tests.search._passes import TEST_PASSES
+from _passes import TEST_PASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 
-from tests.conftest import shared
+from shared_data import shared
 
 WORKER = Path(__file__).with_name("_worker.py")
 N = 6

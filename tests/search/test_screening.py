@@ -4,7 +4,7 @@ share of trials, and first on top of the best cheap recipes (re-queued with thei
 from __future__ import annotations
 
 from edgeopt.search import SearchOptions, SearchSpace, run_search
-from tests.search._passes import DynamicInt8, ThresholdPrune, TrainCalibratedInt8
+from _passes import DynamicInt8, ThresholdPrune, TrainCalibratedInt8
 
 
 def test_training_passes_only_after_cheap_screening(dscnn, kws_data):

@@ -12,7 +12,7 @@ from edgeopt.errors import BudgetError, ConfigError
 from edgeopt.passes.base import PassContext
 from edgeopt.recipe import Recipe
 from edgeopt.search import SearchOptions, SearchSpace, TrialMetrics, load_result, pareto_front, run_search
-from tests.search._passes import TEST_PASSES, DynamicInt8, StaticInt8, ThresholdPrune
+from _passes import TEST_PASSES, DynamicInt8, StaticInt8, ThresholdPrune
 
 BY_NAME = {p.name: p for p in TEST_PASSES}
 OPTS = SearchOptions(heartbeat_interval=1, grace_period=2)

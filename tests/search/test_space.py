@@ -10,7 +10,7 @@ from edgeopt.passes.base import FloatRange, Pass, PassResult
 from edgeopt.model import PassRecord
 from edgeopt.recipe import Recipe
 from edgeopt.search import SearchSpace
-from tests.search._passes import DynamicInt8, StaticInt8, ThresholdPrune
+from _passes import DynamicInt8, StaticInt8, ThresholdPrune
 
 
 class ShrinkDenseTrained(Pass):

@@ -11,7 +11,7 @@ import edgeopt
 from edgeopt.passes.base import PassContext
 from edgeopt.search._static import static_figures, unsupported_on
 from edgeopt.target import Target
-from tests.search._passes import StaticInt8
+from _passes import StaticInt8
 
 
 def test_macs_match_published_figures(dscnn, resnet8):
