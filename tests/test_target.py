@@ -140,3 +140,11 @@ def test_cli_targets_json():
     table = subprocess.run([sys.executable, "-m", "edgeopt", "targets"], capture_output=True, text=True,
                            env=env, cwd=ROOT, timeout=60)
     assert table.returncode == 0 and "cortex-m7" in table.stdout and "512.0 KiB" in table.stdout
+
+
+def test_microcontroller_ops_are_what_the_c_generator_compiles():
+    from edgeopt.codegen.lower import SUPPORTED_OPS
+
+    for name in ("cortex-m4", "cortex-m7"):
+        t = Target.parse(name)
+        assert sorted(t.ops) == sorted(SUPPORTED_OPS) and t.dtypes == ("int8",)

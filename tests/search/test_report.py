@@ -25,7 +25,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def search_out(dscnn, kws_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "out"
     splits = kws_data.splits(tune="0:300", calib="300:500")
-    result = run_search(dscnn, data_splits=splits, target="cortex-m7", space=SearchSpace(TEST_PASSES), trials=6,
+    result = run_search(dscnn, data_splits=splits, target="rpi4", space=SearchSpace(TEST_PASSES), trials=6,
                         max_drop=0.02, out_dir=out, progress=False, options=SearchOptions(heartbeat_interval=1, grace_period=2))
     return out, result
 
@@ -67,8 +67,8 @@ def test_report_command_rerenders_from_stored_trials(search_out):
         if t.metrics is not None:
             assert row["size_bytes"] == t.metrics.size_bytes
     budgets = {b["budget"]: b for b in data["budgets"]}
-    assert budgets["storage"]["limit_bytes"] == 2 * 1024 * 1024
-    assert budgets["storage"]["headroom_bytes"] == 2 * 1024 * 1024 - result.best.metrics.size_bytes
+    assert budgets["storage"]["limit_bytes"] == 8 * 1024**3
+    assert budgets["storage"]["headroom_bytes"] == 8 * 1024**3 - result.best.metrics.size_bytes
 
 
 def test_report_command_without_search_is_a_clear_error(tmp_path):

@@ -184,20 +184,19 @@ class CandidateEvaluator:
             return f"RAM {metrics.ram_bytes} B > budget {t.ram_bytes} B"
         return None
 
-    def __call__(self, recipe) -> TrialMetrics:
+    def __call__(self, recipe, *, screen: bool = True) -> TrialMetrics:
+        """Apply ``recipe`` and measure the candidate; ``screen=False`` measures it fully even if a
+        cheap check fails (used for the baseline, which the report always shows)."""
         from dataclasses import replace
-
-        from ..data import Dataset
 
         candidate, stats = recipe.apply(self.model, self.context())
         figures = static_figures(candidate)
         metrics = self.static_metrics(candidate, figures)
         reason = self.over_budget(metrics)
-        if reason:
+        if reason and screen:
             raise ScreenedOut(f"static estimate: {reason}", metrics)
 
-        outputs_screen = None
-        if self.spec.needs_labels or self.spec.name in ("agreement",):
+        if screen and (self.spec.needs_labels or self.spec.name in ("agreement",)):
             if 0 < self.screen_rows < len(self.tune):
                 sub = self.tune.take(0, self.screen_rows)
                 outputs_screen = candidate.predict(sub.x)[0]
@@ -218,7 +217,11 @@ class CandidateEvaluator:
         if self.target.measures_latency:
             latency, how = self.measure_latency_ms(candidate), "measured"
         else:
-            latency, how = self.target.estimate_latency(figures.macs_by_dtype, figures.bytes_moved).value, "estimated"
+            # a dtype the target cannot run (the candidate is infeasible anyway) is estimated at the
+            # fp32 rate, as if emulated, so the figure still exists for the report
+            rates = self.target.cost.macs_per_second
+            macs = {(d if d in rates else "fp32"): n for d, n in figures.macs_by_dtype.items()}
+            latency, how = self.target.estimate_latency(macs, figures.bytes_moved).value, "estimated"
         energy = self.target.estimate_energy(figures.macs_by_dtype, figures.bytes_moved).value
         extra = dict(metrics.extra)
         extra["fidelity"] = dict(evaluation.fidelity)
@@ -231,7 +234,7 @@ class CandidateEvaluator:
         """The unmodified model measured exactly like a candidate (the reference point of the report)."""
         from ..recipe import Recipe
 
-        return self(Recipe.of([]))
+        return self(Recipe.of([]), screen=False)
 
 
 def _jsonable(value):
