@@ -654,7 +654,8 @@ def _budget_message(result: SearchResult, time_budget) -> str:
     else:
         budget = f"supported ops/dtypes of {t.name}"
         has = f"uses {', '.join(m.unsupported)}"
-    return (f"no candidate meets the {budget}: the closest, trial {closest.number} ({closest.label()}), {has}; "
+    recipe = closest.label() if closest.steps else "the unchanged model"
+    return (f"no candidate meets the {budget}: the closest, trial {closest.number} ({recipe}), {has}; "
             f"{len(result.trials)} trials are in the report")
 
 
