@@ -413,6 +413,9 @@ def optimize(
                       [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": thin})])
                 build("int8-first-layer-float-qoperator", "int8",
                       [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": thin, "format": "qoperator"})])
+                # ...or keep it int8 but widened to 4 channels, where ORT's fast symmetric int8 kernel applies
+                build("int8-padded-first-layer", "int8",
+                      [fold, make_pass("quantize.int8", {**int8_default, "pad_channels": True})])
                 bar.done()
 
         # -- per-layer sensitivity and mixed precision ----------------------------------------------
