@@ -9,7 +9,7 @@ between consecutive cuts is that node's wall cost. ORT's own profiler (``enable_
 fixed few microseconds to every node, which swamps kernels of 5-50 us, so it is used here only
 for the op-type histogram (see docs/ptq-latency.md).
 
-    python benchmarks/ptq_latency.py [--tasks ic,kws] [--rounds 7] [--no-cuts]
+    python benchmarks/ptq_latency.py [--tasks ic,kws] [--rounds 7] [--no-cuts] [--no-layers]
 """
 
 from __future__ import annotations
@@ -98,6 +98,73 @@ def graph_cut_costs(model_bytes: bytes, x: np.ndarray, repeats: int = 200, round
     return rows
 
 
+# (channels, height, width, kernel, group): ResNet-8's three stages and DS-CNN's depthwise/pointwise pair
+LAYER_SHAPES = [(16, 32, 32, 3, 1), (32, 16, 16, 3, 1), (64, 8, 8, 3, 1), (64, 25, 5, 3, 64), (64, 25, 5, 1, 1)]
+
+
+def _conv_chain(channels, height, width, kernel, group, depth, quantized):
+    """``depth`` Conv+Relu layers of one shape, fp32 or as the QDQ graph edgeopt emits (u8 x s8 per channel)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    if quantized:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q0"]), helper.make_node("DequantizeLinear", ["q0", "s", "z"], ["d0"])]
+        x = "d0"
+    for i in range(depth):
+        w = (rng.standard_normal((channels, channels // group, kernel, kernel)) * 0.1).astype(np.float32)
+        if quantized:
+            ws = (np.abs(w).reshape(channels, -1).max(1) / 127).astype(np.float32)
+            inits += [numpy_helper.from_array(np.round(w / ws[:, None, None, None]).astype(np.int8), f"wq{i}"),
+                      numpy_helper.from_array(ws, f"ws{i}"), numpy_helper.from_array(np.zeros(channels, np.int8), f"wz{i}"),
+                      numpy_helper.from_array(np.zeros(channels, np.int32), f"bq{i}"),
+                      numpy_helper.from_array((0.05 * ws).astype(np.float32), f"bs{i}"),
+                      numpy_helper.from_array(np.zeros(channels, np.int32), f"bz{i}")]
+            nodes += [helper.make_node("DequantizeLinear", [f"wq{i}", f"ws{i}", f"wz{i}"], [f"w{i}"], axis=0),
+                      helper.make_node("DequantizeLinear", [f"bq{i}", f"bs{i}", f"bz{i}"], [f"b{i}"], axis=0)]
+        else:
+            inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[kernel // 2] * 4, group=group),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+        if quantized:
+            nodes += [helper.make_node("QuantizeLinear", [x, "s", "z"], [f"q{i + 1}"]),
+                      helper.make_node("DequantizeLinear", [f"q{i + 1}", "s", "z"], [f"d{i + 1}"])]
+            x = f"d{i + 1}"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def layer_costs(rounds: int = 5, repeats: int = 300) -> list[dict]:
+    """Per-layer wall cost of one conv shape in fp32 and int8: (11-layer chain - 1-layer chain) / 10, in process."""
+    from edgeopt.model import make_session
+
+    out = []
+    for shape in LAYER_SHAPES:
+        x = np.random.default_rng(1).random((1, shape[0], shape[1], shape[2]), dtype=np.float32)
+        sessions = {(q, d): make_session(_conv_chain(*shape, d, q)) for q in (False, True) for d in (1, 11)}
+        best = dict.fromkeys(sessions, float("inf"))
+        for _ in range(rounds):
+            for key, session in sessions.items():
+                for _ in range(30):
+                    session.run(None, {"x": x})
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    session.run(None, {"x": x})
+                    times.append(time.perf_counter() - t0)
+                best[key] = min(best[key], float(np.median(times)))
+        fp32 = 1e6 * (best[(False, 11)] - best[(False, 1)]) / 10
+        int8 = 1e6 * (best[(True, 11)] - best[(True, 1)]) / 10
+        c, h, w, k, g = shape
+        out.append({"layer": f"{'depthwise ' if g > 1 else ''}{k}x{k} conv, {c} ch, {h}x{w}", "fp32_us": round(fp32, 1),
+                    "int8_us": round(int8, 1), "int8_over_fp32": round(int8 / fp32, 2)})
+    return out
+
+
 def main() -> None:
     from edgeopt.bench import benchmark
 
@@ -105,6 +172,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="ic,kws")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-cuts", action="store_true")
+    parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ptq_latency.json"))
     args = parser.parse_args()
     result = {"settings": {"runtime": "onnxruntime CPU EP, 1 thread, batch 1, input = first eval row",
@@ -129,6 +197,11 @@ def main() -> None:
                 print(f"  per-node wall cost (graph cuts), {name}:")
                 for op, out, us in cuts:
                     print(f"    {op:34s} {out:30s} {us:6.1f} us")
+    if not args.no_layers:
+        result["layers"] = layer_costs()
+        print("\nper-layer wall cost, one conv shape (in process, chain of 11 minus chain of 1, / 10):")
+        for row in result["layers"]:
+            print(f"  {row['layer']:36s} fp32 {row['fp32_us']:6.1f} us   int8 {row['int8_us']:6.1f} us   int8/fp32 {row['int8_over_fp32']:.2f}")
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
     out.write_text(json.dumps({**previous, **result}, indent=1, default=float))

@@ -172,3 +172,17 @@ def test_vww_fidelity_without_labels(vww_path, cifar, tmp_path):
                               goal="size", progress=False, out=tmp_path / "out")
     assert result.best.eval.value >= 0.99
     assert result.best.size_ratio < 0.35
+
+
+def test_latency_ratio_pairs_rounds_so_one_lucky_baseline_round_does_not_decide():
+    """Round medians as measured once on this VM: the baseline had one fast round among slow ones."""
+    from types import SimpleNamespace
+
+    from edgeopt.optimizer import paired_latency_ratio
+
+    baseline = SimpleNamespace(round_medians_ms=(0.517, 0.294, 0.490, 0.518, 0.451, 0.440, 0.386, 0.400, 0.477, 0.445),
+                               best_round_median_ms=0.294)
+    candidate = SimpleNamespace(round_medians_ms=(0.452, 0.421, 0.374, 0.446, 0.416, 0.359, 0.414, 0.424, 0.369, 0.443),
+                                best_round_median_ms=0.359)
+    assert candidate.best_round_median_ms / baseline.best_round_median_ms > 1.2  # best-round ratio: "slower"
+    assert 0.8 < paired_latency_ratio(candidate, baseline) < 1.0  # faster in 7 of the 10 same-round pairs
