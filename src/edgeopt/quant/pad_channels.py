@@ -9,7 +9,8 @@ graph-cut timing) while every other conv was faster in int8.
 
 The fix here edits the QDQ graph: the float tensor that feeds the layer's QuantizeLinear is
 widened with zero channels by a MatMul with a constant [I | 0] matrix on the channel axis, and
-the int8 weight gets matching zero input channels. A zero weight times the padded channel's
+the int8 weight gets matching zero input channels (a ``Pad`` on the stored weight, which ORT
+constant-folds at load, so the file does not grow). A zero weight times the padded channel's
 quantized value contributes exactly nothing, so outputs are bit-identical. A MatMul was chosen
 over ``Pad``: measured, ORT's ``Pad`` on the innermost axis cost 26-57 us for a 32x32x3 image
 (it copies row by row), the MatMul about a third of that. ORT's layout optimizer does not see
@@ -100,8 +101,14 @@ def pad_thin_conv_inputs(proto, align: int = ALIGN) -> list[str]:
         position = list(graph.node).index(anchor)
         for offset, node in enumerate(new_nodes):
             graph.node.insert(position + offset, node)
-        padded = np.concatenate([weight, np.zeros((weight.shape[0], extra) + weight.shape[2:], np.int8)], axis=1)
-        inits[dq_w.input[0]].CopyFrom(numpy_helper.from_array(padded, dq_w.input[0]))
+        # The zero weight channels are made by a Pad on the stored int8 weight rather than stored: ORT
+        # constant-folds it at session creation (before its QDQ fusion), so it costs nothing at run time,
+        # and the file keeps the unpadded weight (padding a 1-channel 10x4 conv to 4 would store 4x its bytes).
+        graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0] + [0] * (weight.ndim - 2) + [0, extra] + [0] * (weight.ndim - 2), dtype=np.int64), f"{tag}_wpads"))
+        graph.node.insert(list(graph.node).index(dq_w), helper.make_node(
+            "Pad", [dq_w.input[0], f"{tag}_wpads"], [f"{tag}_w"], mode="constant"))
+        dq_w.input[0] = f"{tag}_w"
         # shape hints for the old channel count would now be wrong; ORT re-infers them
         stale = {q_x.output[0], dq_x.output[0], source}
         kept = [vi for vi in graph.value_info if vi.name not in stale]
