@@ -128,8 +128,9 @@ def test_issue_bar_resnet8(resnet8_path, cifar_path, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured on this shared 2-core VM: the chosen int8 ResNet-8 runs 0.45-0.77x fp32 depending on "
-                          "machine load (confirmation-run spread ~1.9); the issue asks <= 0.50x", strict=False)
+@pytest.mark.xfail(reason="ONNX Runtime 1.32's int8 conv kernel is only ~1.3x faster than fp32 NCHWc on ResNet-8's "
+                          "16-channel 32x32 convs: the best int8 graph measures 0.76-0.78x fp32 (paired rounds), the issue "
+                          "asks <= 0.50x; evidence in docs/ptq-latency.md", strict=False)
 def test_issue_bar_resnet8_latency(resnet8_path, cifar_path, tmp_path):
     result = edgeopt.optimize(resnet8_path, data=cifar_path, max_drop=0.005, splits="calib=0:500,eval=500:",
                               progress=False, out=tmp_path / "out")
@@ -147,9 +148,9 @@ def test_issue_bar_dscnn_accuracy_and_size(dscnn_path, kws_data_path, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured on this 2-core VM: every int8 DS-CNN graph runs ~1.17x fp32 on ONNX Runtime 1.32 "
-                          "(its depthwise/pointwise layers are faster in ORT's fp32 NCHWc kernels); the issue asks <= 0.75x",
-                   strict=False)
+@pytest.mark.xfail(reason="measured on this 2-core VM: every int8 DS-CNN graph runs 1.06-1.17x fp32 on ONNX Runtime 1.32 "
+                          "(int8 depthwise is slower than fp32 NCHWc, pointwise saves ~3 us a layer); the issue asks <= 0.75x; "
+                          "evidence in docs/ptq-latency.md", strict=False)
 def test_issue_bar_dscnn_latency(dscnn_path, kws_data_path, tmp_path):
     result = edgeopt.optimize(dscnn_path, data=kws_data_path, max_drop=0.005, splits="calib=0:500,eval=500:",
                               progress=False, out=tmp_path / "out")
@@ -172,3 +173,17 @@ def test_vww_fidelity_without_labels(vww_path, cifar, tmp_path):
                               goal="size", progress=False, out=tmp_path / "out")
     assert result.best.eval.value >= 0.99
     assert result.best.size_ratio < 0.35
+
+
+def test_latency_ratio_pairs_rounds_so_one_lucky_baseline_round_does_not_decide():
+    """Round medians as measured once on this VM: the baseline had one fast round among slow ones."""
+    from types import SimpleNamespace
+
+    from edgeopt.optimizer import paired_latency_ratio
+
+    baseline = SimpleNamespace(round_medians_ms=(0.517, 0.294, 0.490, 0.518, 0.451, 0.440, 0.386, 0.400, 0.477, 0.445),
+                               best_round_median_ms=0.294)
+    candidate = SimpleNamespace(round_medians_ms=(0.452, 0.421, 0.374, 0.446, 0.416, 0.359, 0.414, 0.424, 0.369, 0.443),
+                                best_round_median_ms=0.359)
+    assert candidate.best_round_median_ms / baseline.best_round_median_ms > 1.2  # best-round ratio: "slower"
+    assert 0.8 < paired_latency_ratio(candidate, baseline) < 1.0  # faster in 7 of the 10 same-round pairs

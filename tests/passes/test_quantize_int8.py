@@ -25,7 +25,8 @@ class TestQuantizeInt8(PassContract):
     @pytest.fixture
     def bad_params(self):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
-                {"exclude_nodes": "conv1"}, {"percentile": 120}]
+                {"exclude_nodes": "conv1"}, {"percentile": 120},
+                {"pad_channels": "yes"}]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,51 @@ def test_bias_correction_brings_quantized_layer_means_back(dscnn, kws_data):
     sqnr_plain = fidelity(plain.predict(held_out)[0], ref)["sqnr_db"]
     sqnr_corrected = fidelity(corrected.model.predict(held_out)[0], ref)["sqnr_db"]
     assert sqnr_corrected >= sqnr_plain - 0.5
+
+
+def _ort_optimized(model_bytes: bytes, tmp_path):
+    """The graph ONNX Runtime actually runs (its own optimizer at the default level, saved to disk)."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.optimized_model_filepath = str(tmp_path / "ort.onnx")
+    ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath)
+
+
+def test_pad_channels_widens_the_one_channel_first_layer_without_changing_outputs(dscnn, kws_data, tmp_path):
+    """DS-CNN's first conv reads 1 MFCC channel; padded to 4 it must compute exactly the same, store
+    the weight unpadded, and leave ORT a graph of fused int8 convs with the padding folded away."""
+    from onnx import numpy_helper
+
+    ctx = kws_ctx(kws_data, 32)
+    folded = make_pass("fold")(dscnn, ctx).model
+    plain = make_pass("quantize.int8", {"samples": 32})(folded, ctx).model
+    padded = make_pass("quantize.int8", {"samples": 32, "pad_channels": True})(folded, ctx)
+    assert len(padded.stats["padded_layers"]) == 1
+    proto = padded.model.proto()
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    pad = next(n for n in proto.graph.node if n.op_type == "Pad")
+    assert inits[pad.input[0]].shape[1] == 1 and inits[pad.input[1]].tolist() == [0, 0, 0, 0, 0, 3, 0, 0]
+    assert padded.model.size_bytes < plain.size_bytes + 1024  # the zero channels are not stored
+    rows = kws_data.x[1000:1200]
+    np.testing.assert_array_equal(padded.model.predict(rows)[0], plain.predict(rows)[0])
+    ops = [n.op_type for n in _ort_optimized(padded.model.onnx_bytes, tmp_path).graph.node]
+    assert "Pad" not in ops and ops.count("QLinearConv") == 9
+
+
+def test_pad_channels_leaves_aligned_layers_alone(dscnn, kws_data):
+    ctx = kws_ctx(kws_data, 16)
+    folded = make_pass("fold")(dscnn, ctx).model
+    once = make_pass("quantize.int8", {"samples": 16, "pad_channels": True, "compact": False})(folded, ctx)
+    from edgeopt.quant.pad_channels import pad_thin_conv_inputs
+
+    again = once.model.proto()
+    assert pad_thin_conv_inputs(again) == []  # every Conv input is now a multiple of 4 channels
+
+
+def test_pad_channels_needs_the_qdq_format(dscnn, kws_data):
+    with pytest.raises(ConfigError, match="pad_channels"):
+        make_pass("quantize.int8", {"samples": 8, "pad_channels": True, "format": "qoperator"})(dscnn, kws_ctx(kws_data, 8))

@@ -6,7 +6,10 @@ runtime: ONNX Runtime's CPU kernels fuse only u8 activations x s8 weights (measu
 machine, ResNet-8 1 thread: S8S8 QDQ runs ~1.3-1.9x slower than fp32, U8S8 faster), so ``"auto"``
 means u8 for ONNX Runtime and s8 elsewhere (TFLite/CMSIS-style runtimes want symmetric s8).
 ``exclude_nodes`` keeps the named nodes in float (mixed precision, chosen by the optimizer from
-per-layer sensitivity). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
+per-layer sensitivity). ``pad_channels`` widens a Conv that reads 1-3 channels (an RGB or
+spectrogram first layer) to 4 with zero weights, so ONNX Runtime runs it with its fast symmetric
+int8 kernel instead of im2col + generic GEMM (see :mod:`edgeopt.quant.pad_channels`; outputs are
+bit-identical). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class QuantizeInt8(Pass):
         exclude_nodes: tuple | list = (),
         compact: bool = True,
         bias_correction: bool = False,
+        pad_channels: bool = False,
     ):
         self.calibration = calibration
         self.samples = samples
@@ -70,6 +74,7 @@ class QuantizeInt8(Pass):
         self.exclude_nodes = list(exclude_nodes) if not isinstance(exclude_nodes, str) else exclude_nodes
         self.compact = compact
         self.bias_correction = bias_correction
+        self.pad_channels = pad_channels
 
     @classmethod
     def search_space(cls):
@@ -81,6 +86,7 @@ class QuantizeInt8(Pass):
             "activations": Choice(("auto", "u8", "s8")),
             "format": Choice(("qdq", "qoperator")),
             "bias_correction": Choice((False, True)),
+            "pad_channels": Choice((False, True)),
         }
 
     def validate(self) -> None:
@@ -91,7 +97,7 @@ class QuantizeInt8(Pass):
             raise ConfigError(f"quantize.int8: parameter 'percentile' must be in (50, 100); got {self.percentile!r}")
         if isinstance(self.exclude_nodes, str) or not all(isinstance(n, str) for n in self.exclude_nodes):
             raise ConfigError(f"quantize.int8: parameter 'exclude_nodes' must be a list of node names; got {self.exclude_nodes!r}")
-        for flag in ("per_channel", "compact", "bias_correction"):
+        for flag in ("per_channel", "compact", "bias_correction", "pad_channels"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"quantize.int8: parameter {flag!r} must be true or false; got {getattr(self, flag)!r}")
 
@@ -146,6 +152,13 @@ class QuantizeInt8(Pass):
 
             ctx.report("int8: bias correction", 0.8)
             stats["bias_corrected_layers"] = correct_biases(quantized, model, x)
+        if self.pad_channels:
+            if self.format != "qdq":
+                raise ConfigError("quantize.int8: pad_channels edits the QDQ form (QuantizeLinear/DequantizeLinear around each Conv); "
+                                  "use format='qdq'")
+            from ..quant.pad_channels import pad_thin_conv_inputs
+
+            stats["padded_layers"] = pad_thin_conv_inputs(quantized)
         if self.compact:
             stats["compaction"] = compact_graph(quantized)
         return PassResult(model.derive(quantized, self.record()), stats)
