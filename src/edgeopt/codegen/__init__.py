@@ -9,6 +9,6 @@
 
 from __future__ import annotations
 
-from .api import CExport, bench_c_dir, build_and_run, export_c, quantize_input, reference_int8
+from .api import CExport, bench_c_dir, c_budget_figures, build_and_run, export_c, quantize_input, reference_int8
 
-__all__ = ["CExport", "export_c", "build_and_run", "bench_c_dir", "quantize_input", "reference_int8"]
+__all__ = ["CExport", "c_budget_figures", "export_c", "build_and_run", "bench_c_dir", "quantize_input", "reference_int8"]

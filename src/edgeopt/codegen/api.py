@@ -179,6 +179,28 @@ def export_c(model: Any, out_dir: str | os.PathLike, *, target: str = "cortex-m4
                    sorted([*gen.files, "memory.json"]), verification, report.get("firmware", {}))
 
 
+def c_budget_figures(model: Any, target: str) -> dict:
+    """Real flash and RAM of ``model`` compiled for ``target``: generated, linked, measured.
+
+    What the search checks MCU budgets against (not an estimate): the memory planner's arena and
+    the firmware's text+data / data+bss from arm-none-eabi-size. Nothing is written. Raises
+    UnsupportedModelError for a graph the generator cannot compile, ToolchainError without the
+    cross compiler.
+    """
+    from ..errors import ToolchainError
+
+    check_target(target)
+    gen = generate(fuse_residual_adds(lower(_proto(model))))
+    figures = {"arena_bytes": gen.plan.arena_bytes, "constants_bytes": gen.flash_const_bytes, "source": "generated C"}
+    if target == "host":
+        return figures
+    firmware = _firmware_size(gen.files, target)
+    if not firmware.get("measured"):
+        raise ToolchainError(firmware.get("reason", "the Cortex-M firmware could not be measured"))
+    return {**figures, "flash_bytes": int(firmware["flash_bytes"]), "ram_bytes": int(firmware["ram_bytes"]),
+            "source": "generated C linked with arm-none-eabi-gcc (arm-none-eabi-size)"}
+
+
 def _firmware_size(files: dict[str, str], target: str) -> dict:
     """Flash/RAM of the firmware from arm-none-eabi-size, when the cross compiler is installed."""
     import shutil
