@@ -56,11 +56,14 @@ def ort_int8(handle, calib_x: np.ndarray):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=0.2)
-    parser.add_argument("--importance", default="l2")
+    parser.add_argument("--ratio", type=float, default=0.15)
+    parser.add_argument("--importance", default="taylor")
     parser.add_argument("--scope", default="global", choices=["global", "layer"])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--synthetic", type=float, default=1.0,
+                        help="teacher-guided synthetic rows per tuning row (covers classes absent from the tuning rows)")
+    parser.add_argument("--augment", default="auto")
     parser.add_argument("--feature-weight", type=float, default=5.0)
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--rounds", type=int, default=7)
@@ -101,7 +104,8 @@ def main() -> None:
     ctx = PassContext(tune=tune, teacher=original, seed=args.seed,
                       options={"fine_tune": {"alpha": args.alpha, "progress": False}})
     pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs, "scope": args.scope,
-                                          "lr": args.lr, "feature_weight": args.feature_weight})(original, ctx)
+                                          "lr": args.lr, "feature_weight": args.feature_weight,
+                                          "synthetic": args.synthetic, "augment": args.augment})(original, ctx)
     pruned_eval = evaluate(pruned.model)
 
     calib_rows = np.random.default_rng(args.seed).permutation(len(tune))[:300]
