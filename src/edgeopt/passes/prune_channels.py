@@ -8,7 +8,11 @@ layer (the last Linear) keeps its outputs. Recovery, in order:
 1. least-squares refit of every pointwise layer (1x1 Conv, Linear) to the unpruned model's outputs
    on the kept channels, given the pruned network's inputs (closed form, on calibration rows);
 2. distillation fine-tuning (KL to the original's outputs) plus feature hints on the kept channels,
-   with the classifier frozen.
+   with the classifier frozen, on the tuning rows plus ``synthetic`` times as many teacher-guided
+   synthetic rows (:func:`edgeopt.training.synthesize_for_classes`). Tuning data often covers only
+   some classes; distilling on it alone, the student forgets the others (DS-CNN, tuning rows holding
+   8 of 12 words: 4.4 pt drop; with the synthetic rows: 2.45 pt). With synthetic rows every row is
+   labelled by the teacher only and early stopping follows agreement with the teacher.
 
 Channel counts are rounded to multiples of ``round_to`` (default 8): ONNX Runtime's blocked (NCHWc)
 convolution kernels need them, and a model with odd channel counts ran ~6x *slower* than the
