@@ -29,7 +29,8 @@ class TestPruneChannelsContract(PassContract):
     @pytest.fixture
     def bad_params(self):
         return [{"ratio": 0.0}, {"ratio": 1.5}, {"importance": "l3"}, {"scope": "everywhere"}, {"epochs": -1},
-                {"round_to": 0}, {"steps": 0}, {"reconstruct": "yes"}, {"feature_weight": -1}]
+                {"round_to": 0}, {"steps": 0}, {"reconstruct": "yes"}, {"feature_weight": -1}, {"synthetic": -1},
+                {"augment": "everything"}]
 
 
 def _conv_out_channels(handle):
