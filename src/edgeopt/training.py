@@ -23,7 +23,9 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 SCHEDULES = ("cosine", "onecycle", "constant")
-AUGMENTATIONS = ("auto", "none", "noise", "shift", "time_shift")
+AUGMENTATIONS = ("auto", "none", "noise", "shift", "time_shift", "teacher_mix")
+#: augmentations whose rows no longer carry their original class: labelled by the teacher only
+TEACHER_ONLY_AUGMENTATIONS = frozenset({"teacher_mix"})
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,109 @@ def _resolve_augment(kind: str, x: np.ndarray) -> str:
     return "noise"
 
 
-def augment_batch(x: np.ndarray, kind: str, rng: np.random.Generator, *, noise_scale: float) -> np.ndarray:
-    """Light augmentation for small data: noise, spatial shifts (images), time shifts (MFCC)."""
+def _time_axis(x: np.ndarray) -> tuple[int, int]:
+    """(time axis, coefficient axis) of a batch of (time x coefficients) maps, NHWC or NCHW."""
+    return (1, 2) if x.ndim == 4 and x.shape[-1] <= 4 else (2, 3)
+
+
+def teacher_mix(x: np.ndarray, rng: np.random.Generator, *, noise_scale: float, pool: np.ndarray | None = None) -> np.ndarray:
+    """Move a batch of (time x coefficients) inputs away from the classes it was drawn from.
+
+    Tuning data often covers only some of the classes (a file sorted by class, a user who recorded a
+    few words). Fine-tuning on it alone makes the student forget the rest, even when distilling:
+    the teacher is only ever asked about the tuning classes. These rows are labelled by the teacher
+    alone (no hard labels), so they may leave every class: per row, one of
+
+    - mixup with another row (random weight): inputs between words;
+    - a stationary input: one random frame repeated over time plus small noise, at a random gain.
+      Silence and background noise look like this, and no word in the tuning data does;
+    - the row itself with SpecAugment time/frequency masks, a random gain (offset of coefficient 0,
+      the log energy, which is what a volume change does to MFCCs) and a time shift.
+
+    ``pool`` (default: the batch) is where mixup partners and stationary frames come from.
+    """
+    if x.ndim != 4:
+        return x + rng.standard_normal(x.shape).astype(x.dtype) * np.asarray(noise_scale, dtype=x.dtype)
+    pool = x if pool is None else pool
+    t_axis, c_axis = _time_axis(x)
+    # Work on (rows, time, coefficients, rest) so NHWC and NCHW share one code path.
+    order = (0, t_axis, c_axis) + tuple(a for a in range(1, 4) if a not in (t_axis, c_axis))
+    inverse = np.argsort(order)
+    out = np.ascontiguousarray(x.transpose(order)).copy()
+    src = np.ascontiguousarray(pool.transpose(order))
+    n, steps, coefs = out.shape[:3]
+    energy_scale = float(src[:, :, 0].std()) or 1.0
+    coef_scale = src.std(axis=(0, 1), keepdims=True)[0]  # (coefficients, rest)
+    choice = rng.random(n)
+    for i in range(n):
+        if choice[i] < 0.3:
+            lam = rng.uniform(0.2, 0.8)
+            out[i] = lam * out[i] + (1 - lam) * src[rng.integers(len(src))]
+        elif choice[i] < 0.5:
+            frame = src[rng.integers(len(src)), rng.integers(steps)]
+            out[i] = frame[None] + rng.standard_normal((steps,) + frame.shape).astype(out.dtype) * 0.1 * coef_scale
+        else:
+            width = int(rng.integers(0, max(2, steps // 5)))
+            start = int(rng.integers(0, steps - width + 1))
+            out[i, start:start + width] = out[i].mean(axis=0, keepdims=True)
+            width = int(rng.integers(0, max(2, coefs // 4)))
+            start = int(rng.integers(1, max(2, coefs - width + 1)))  # coefficient 0 (energy) is the gain's
+            out[i, :, start:start + width] = 0
+            shift = int(rng.integers(-(steps // 8), steps // 8 + 1))
+            if shift:
+                out[i] = np.roll(out[i], shift, axis=0)
+        out[i, :, 0] += rng.normal(0, 0.3) * energy_scale
+    out = out.transpose(inverse)
+    return np.ascontiguousarray(out + rng.standard_normal(out.shape).astype(out.dtype) * np.asarray(noise_scale, dtype=out.dtype))
+
+
+def synthesize_for_classes(teacher, x: np.ndarray, count: int, rng: np.random.Generator, *, steps: int = 30,
+                           step_scale: float = 0.05, confidence: float = 0.6, batch_size: int = 256) -> np.ndarray:
+    """Inputs the teacher assigns to every class, grown from the given (possibly class-skewed) rows.
+
+    Distillation only teaches the student what the teacher does on the inputs it is shown. When the
+    tuning data holds a few of the classes, the student never sees the teacher's behaviour near the
+    others and forgets them. Each synthetic row starts from a :func:`teacher_mix`-augmented row and
+    takes signed-gradient steps (``step_scale`` times each feature's standard deviation, at most
+    ``steps``) up the teacher's log-probability of a target class, drawn uniformly over all classes,
+    until the teacher gives it ``confidence``. A data-free-distillation idea (DeepInversion, Yin et al.
+    2020) in its cheapest form: the rows stay near real inputs instead of being generated from noise.
+    Returns ``count`` rows for teacher-only distillation (no hard labels).
+    """
+    import torch
+
+    if count <= 0:
+        return x[:0]
+    teacher = teacher.eval()
+    start = teacher_mix(x[rng.integers(0, len(x), count)], rng, noise_scale=0.0, pool=x)
+    scale = torch.from_numpy(np.ascontiguousarray(x.std(axis=0, keepdims=True) * step_scale, dtype=np.float32))
+    with torch.no_grad():
+        classes = teacher(torch.from_numpy(np.ascontiguousarray(start[:2]))).shape[-1]
+    targets = rng.integers(0, classes, count)
+    out = []
+    for begin in range(0, count, batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(start[begin:begin + batch_size]))
+        tb = torch.from_numpy(targets[begin:begin + batch_size])
+        for _ in range(steps):
+            xb.requires_grad_(True)
+            logp = log_probabilities(teacher(xb)).gather(1, tb[:, None])[:, 0]
+            (grad,) = torch.autograd.grad(logp.sum(), xb)
+            active = (logp.detach().exp() < confidence).float().reshape(-1, *([1] * (xb.ndim - 1)))
+            if not bool(active.any()):
+                break
+            xb = (xb.detach() + active * scale * grad.sign()).detach()
+        out.append(xb.detach().numpy())
+    return np.concatenate(out).astype(x.dtype, copy=False)
+
+
+def augment_batch(x: np.ndarray, kind: str, rng: np.random.Generator, *, noise_scale: float,
+                  pool: np.ndarray | None = None) -> np.ndarray:
+    """Augmentation for small data: noise, spatial shifts (images), time shifts (MFCC), or
+    :func:`teacher_mix` (rows that leave their class, for teacher-only distillation)."""
     if kind == "none":
         return x
+    if kind == "teacher_mix":
+        return teacher_mix(x, rng, noise_scale=noise_scale, pool=pool)
     out = x.copy()
     if kind in ("shift", "time_shift") and x.ndim == 4:
         nhwc = x.shape[-1] <= 4
@@ -221,8 +322,8 @@ def _score(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray
 
 
 def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = FineTune(), seed: int = 0,
-              callbacks: Callbacks | None = None, trainable=None, report: Callable[[str, float], None] | None = None
-              ) -> FineTuneReport:
+              callbacks: Callbacks | None = None, trainable=None, report: Callable[[str, float], None] | None = None,
+              extra_inputs: np.ndarray | None = None) -> FineTuneReport:
     """Fine-tune ``module`` in place on ``train`` (an :class:`edgeopt.data.Dataset`), distilling from ``teacher``.
 
     ``tune`` is the early-stopping split; without one, a seeded random ``config.holdout`` share of
@@ -260,6 +361,21 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
         y_tune = None if tune.y is None else np.asarray(tune.y).astype(np.int64).reshape(-1)
     else:
         x_tune, y_tune = None, None
+    kind = _resolve_augment(config.augment, x_all)
+    if kind in TEACHER_ONLY_AUGMENTATIONS and teacher_of is None:
+        kind = _resolve_augment("auto", x_all)
+    if kind in TEACHER_ONLY_AUGMENTATIONS and x_tune is not None:
+        # Early stopping on agreement with the teacher, on the held-out rows and a fixed augmented copy
+        # of them: accuracy on the tuning classes alone rewards forgetting the others.
+        extra = augment_batch(x_tune, kind, np.random.default_rng(seed + 1), noise_scale=0.0, pool=x_all)
+        x_tune, y_tune = np.concatenate([x_tune, extra]), None
+    if extra_inputs is not None and len(extra_inputs) and teacher_of is not None:
+        # Unlabelled rows (e.g. synthesize_for_classes): the teacher labels every row, so hard labels go.
+        extra_inputs = np.asarray(extra_inputs, dtype=np.float32)
+        cut = int(round(len(extra_inputs) * config.holdout)) if x_tune is not None else 0
+        if cut:
+            x_tune, y_tune = np.concatenate([x_tune, extra_inputs[:cut]]), None
+        x_all, y_all = np.concatenate([x_all, extra_inputs[cut:]]), None
     t_tune = teacher_of(x_tune) if (teacher_of and x_tune is not None) else None
 
     threads_before = torch.get_num_threads()
@@ -267,7 +383,6 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
     torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    kind = _resolve_augment(config.augment, x_all)
     noise_scale = 0.02 * float(x_all.std()) if kind != "none" else 0.0
     params = [p for p in (trainable if trainable is not None else module.parameters()) if p.requires_grad]
     result = FineTuneReport()
@@ -299,9 +414,11 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
                 losses = []
                 for step in range(steps_per_epoch):
                     idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                    xb = augment_batch(x_all[idx], kind, rng, noise_scale=noise_scale)
+                    xb = augment_batch(x_all[idx], kind, rng, noise_scale=noise_scale, pool=x_all)
                     tb = torch.from_numpy(np.ascontiguousarray(teacher_of(xb))) if teacher_of else None
-                    yb = torch.from_numpy(y_all[idx]) if y_all is not None else None
+                    # Mixed/synthetic rows have no true class: only the teacher can label them.
+                    labelled = y_all is not None and not (kind in TEACHER_ONLY_AUGMENTATIONS and tb is not None)
+                    yb = torch.from_numpy(y_all[idx]) if labelled else None
                     inputs = torch.from_numpy(np.ascontiguousarray(xb))
                     out = module(inputs)
                     if tb is None:
@@ -375,7 +492,7 @@ def training_data(model, ctx):
 
 
 def recover(module, model, ctx, config: FineTune, *, callbacks: Callbacks | None = None, trainable=None,
-            teacher: Any = "default") -> FineTuneReport:
+            teacher: Any = "default", extra_inputs: np.ndarray | None = None) -> FineTuneReport:
     """Fine-tune ``module`` (derived from ``model``) to recover quality, distilling from the original.
 
     The teacher is ``ctx.teacher`` if given, else ``model`` itself (the pass's input, run on ONNX
@@ -387,7 +504,7 @@ def recover(module, model, ctx, config: FineTune, *, callbacks: Callbacks | None
     if teacher == "default":
         teacher = ctx.teacher if ctx.teacher is not None else model
     return fine_tune(module, train, tune=tune, teacher=teacher, config=config, seed=ctx.seed,
-                     callbacks=callbacks, trainable=trainable, report=ctx.report)
+                     callbacks=callbacks, trainable=trainable, report=ctx.report, extra_inputs=extra_inputs)
 
 
 def fine_tune_config(epochs: int, lr: float, /, **overrides) -> FineTune:

@@ -8,7 +8,11 @@ layer (the last Linear) keeps its outputs. Recovery, in order:
 1. least-squares refit of every pointwise layer (1x1 Conv, Linear) to the unpruned model's outputs
    on the kept channels, given the pruned network's inputs (closed form, on calibration rows);
 2. distillation fine-tuning (KL to the original's outputs) plus feature hints on the kept channels,
-   with the classifier frozen.
+   with the classifier frozen, on the tuning rows plus ``synthetic`` times as many teacher-guided
+   synthetic rows (:func:`edgeopt.training.synthesize_for_classes`). Tuning data often covers only
+   some classes; distilling on it alone, the student forgets the others (DS-CNN, tuning rows holding
+   8 of 12 words: 4.4 pt drop; with the synthetic rows: 2.45 pt). With synthetic rows every row is
+   labelled by the teacher only and early stopping follows agreement with the teacher.
 
 Channel counts are rounded to multiples of ``round_to`` (default 8): ONNX Runtime's blocked (NCHWc)
 convolution kernels need them, and a model with odd channel counts ran ~6x *slower* than the
@@ -20,7 +24,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..errors import ConfigError
-from ..training import Callbacks, fine_tune_config, recover
+from ..training import AUGMENTATIONS, Callbacks, augment_batch, fine_tune_config, recover, synthesize_for_classes
 from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -207,7 +211,7 @@ class PruneChannels(Pass):
     def __init__(self, *, ratio: float = 0.25, importance: str = "l2", scope: str = "layer",
                  epochs: int = 3, lr: float = 5e-4, round_to: int = 8, feature_weight: float = 1.0,
                  reconstruct: bool = True, calibration_samples: int = 512, train_classifier: bool = False,
-                 steps: int = 1):
+                 steps: int = 1, augment: str = "auto", synthetic: float = 1.0):
         self.ratio = ratio
         self.importance = importance
         self.scope = scope
@@ -219,6 +223,8 @@ class PruneChannels(Pass):
         self.calibration_samples = calibration_samples
         self.train_classifier = train_classifier
         self.steps = steps
+        self.augment = augment
+        self.synthetic = synthetic
 
     @classmethod
     def search_space(cls):
@@ -243,6 +249,10 @@ class PruneChannels(Pass):
             raise ConfigError(f"{self.name}: parameter 'calibration_samples' must be an int >= 1; got {self.calibration_samples!r}")
         if not isinstance(self.feature_weight, (int, float)) or self.feature_weight < 0:
             raise ConfigError(f"{self.name}: parameter 'feature_weight' must be a number >= 0; got {self.feature_weight!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"{self.name}: parameter 'augment' must be one of {list(AUGMENTATIONS)}; got {self.augment!r}")
+        if not isinstance(self.synthetic, (int, float)) or not 0 <= self.synthetic <= 10:
+            raise ConfigError(f"{self.name}: parameter 'synthetic' (synthetic rows per tuning row) must be in [0, 10]; got {self.synthetic!r}")
         fine_tune_config(self.epochs, self.lr).validate()
 
     def _importance(self):
@@ -275,14 +285,22 @@ class PruneChannels(Pass):
             module, example, importance=self._importance(), pruning_ratio=float(self.ratio),
             global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored,
             round_to=self.round_to if self.round_to > 1 else None, iterative_steps=self.steps)
-        needs_teacher = self.reconstruct or (self.epochs > 0 and self.feature_weight > 0)
+        needs_teacher = self.reconstruct or (self.epochs > 0 and (self.feature_weight > 0 or self.synthetic > 0))
         teacher = to_torch(model) if needs_teacher else None
         kept = {n: list(range(c)) for n, c in channels_before.items()}
         x_calib = None
         if self.reconstruct or self.importance == "taylor":
             train, _ = training_data(model, ctx)
             rows = np.sort(np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples])
-            x_calib = torch.from_numpy(np.ascontiguousarray(train.x[rows], dtype=np.float32))
+            x_rows = np.ascontiguousarray(train.x[rows], dtype=np.float32)
+            x_calib = torch.from_numpy(x_rows)
+            x_refit = x_calib
+            if self.augment == "teacher_mix":
+                # The refit matches the teacher's features: on augmented rows too, so that it fits the
+                # inputs of classes missing from the tuning data rather than only the tuning classes.
+                extra = augment_batch(x_rows, "teacher_mix", np.random.default_rng(ctx.seed), noise_scale=0.0,
+                                      pool=np.asarray(train.x, dtype=np.float32))
+                x_refit = torch.from_numpy(np.concatenate([x_rows, extra]))
             y_calib = torch.from_numpy(train.y[rows].astype("int64")) if train.has_labels else None
         refit: list[str] = []
         for _ in range(self.steps):
@@ -305,7 +323,7 @@ class PruneChannels(Pass):
             local = kept_channels(before, module)
             kept = {n: [kept[n][i] for i in idx] for n, idx in local.items() if n in kept}
             if self.reconstruct:
-                refit = reconstruct(module, teacher, kept, x_calib, seed=ctx.seed)
+                refit = reconstruct(module, teacher, kept, x_refit, seed=ctx.seed)
         macs_after, params_after = macs_and_params(module, example)
         hints = None
         if self.epochs > 0 and self.feature_weight > 0:
@@ -315,8 +333,14 @@ class PruneChannels(Pass):
             # the tuning data (which is often a skewed sample) while the features recover.
             frozen = set() if self.train_classifier else {id(p) for m in ignored for p in m.parameters()}
             trainable = [p for p in module.parameters() if id(p) not in frozen]
-            report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})),
-                             callbacks=Callbacks(extra_loss=hints), trainable=trainable)
+            synthetic = None
+            if self.synthetic > 0 and self.epochs > 0:
+                pool = np.asarray(training_data(model, ctx)[0].x, dtype=np.float32)
+                synthetic = synthesize_for_classes(teacher, pool, int(round(self.synthetic * len(pool))),
+                                                   np.random.default_rng(ctx.seed + 2))
+            config = fine_tune_config(self.epochs, self.lr, **({"augment": self.augment} | ctx.options.get("fine_tune", {})))
+            report = recover(module, model, ctx, config, callbacks=Callbacks(extra_loss=hints), trainable=trainable,
+                             extra_inputs=synthetic)
         finally:
             if hints is not None:
                 hints.close()
