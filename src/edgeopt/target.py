@@ -177,6 +177,9 @@ class Target(_Strict):
     ram_bytes: int | None = None
     storage_bytes: int | None = None
     threads: int = Field(default=1, ge=1)
+    #: the core the C generator builds for (runtime "c"): flash/RAM budgets are checked on the
+    #: firmware linked for it, not estimated
+    cpu: Literal["cortex-m4", "cortex-m7"] | None = None
     cost: CostModel
     energy: EnergyModel = EnergyModel()
     source: str | None = None   # where this profile was read from

@@ -178,3 +178,8 @@ def test_microcontroller_target_screens_what_the_c_generator_cannot_compile(dscn
             assert t.state == "PRUNED" and "cannot run" in t.reason and "op:DynamicQuantizeLinear" in t.reason
     assert result.best is not None and result.best.steps == ["quantize.static_int8"]
     assert result.best.metrics.unsupported == () and result.best.metrics.macs == {"int8": 2_656_768}
+    # MCU budgets are checked on the generated code's real numbers, not the graph estimate
+    extra = result.best.metrics.extra
+    assert "arm-none-eabi-size" in extra["budget_source"]
+    assert result.best.metrics.ram_bytes >= extra["c_arena_bytes"] > 0
+    assert result.best.metrics.size_bytes != extra["estimated_size_bytes"]  # linked firmware, not the ONNX file

@@ -174,6 +174,22 @@ class CandidateEvaluator:
                             extra={"weight_bytes": figures.weight_bytes, "activation_peak_bytes": figures.activation_peak_bytes,
                                    "bytes_moved": figures.bytes_moved})
 
+    def c_metrics(self, candidate, metrics: TrialMetrics) -> TrialMetrics:
+        """For C targets the budgets are checked on the generated code: the firmware is generated
+        and linked, and flash / RAM come from arm-none-eabi-size (not the graph estimate)."""
+        from dataclasses import replace
+
+        from ..codegen import c_budget_figures
+        from ..errors import UnsupportedModelError
+
+        try:
+            c = c_budget_figures(candidate, self.target.cpu or "cortex-m4")
+        except UnsupportedModelError as e:
+            raise ScreenedOut(f"the C generator cannot compile it: {e}", metrics) from e
+        extra = {**metrics.extra, "estimated_size_bytes": metrics.size_bytes, "estimated_ram_bytes": metrics.ram_bytes,
+                 "c_arena_bytes": c["arena_bytes"], "budget_source": c["source"]}
+        return replace(metrics, size_bytes=c["flash_bytes"], ram_bytes=c["ram_bytes"], extra=extra)
+
     def over_budget(self, metrics: TrialMetrics) -> str | None:
         t = self.target
         if metrics.unsupported:
@@ -192,6 +208,8 @@ class CandidateEvaluator:
         candidate, stats = recipe.apply(self.model, self.context())
         figures = static_figures(candidate)
         metrics = self.static_metrics(candidate, figures)
+        if self.target.runtime == "c" and screen and not metrics.unsupported:
+            metrics = self.c_metrics(candidate, metrics)
         reason = self.over_budget(metrics)
         if reason and screen:
             raise ScreenedOut(f"static estimate: {reason}", metrics)
