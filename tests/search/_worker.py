@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("trials", type=int)
     ap.add_argument("--grace", type=int, default=2)
     ap.add_argument("--time-budget", type=float, default=None)
+    ap.add_argument("--trial-delay", type=float, default=0.0,
+                    help="seconds each pass takes extra, so a test can kill the worker mid-trial reliably")
     args = ap.parse_args()
     model = edgeopt.load(SHARED / "mlperf_tiny/kws/dscnn_kws12.onnx")
     data = load_data(SHARED / "datasets/speech_commands_test_v0.02_mlperf_mfcc.npz")
@@ -35,7 +37,20 @@ def main() -> None:
     # practically impossible by chance: a repeated parameter set would mean a trial ran twice.
     # max_drop is generous so most trials complete (the test is about storage, not accuracy).
     options = SearchOptions(heartbeat_interval=1, grace_period=args.grace, sampler="random")
-    res = run_search(model, data_splits=splits, target="host", space=SearchSpace((ThresholdPrune, DynamicInt8)),
+    passes = (ThresholdPrune, DynamicInt8)
+    if args.trial_delay:
+        import time
+
+        def slowed(cls):
+            class Slow(cls):
+                def run(self, model, ctx):
+                    time.sleep(args.trial_delay)
+                    return super().run(model, ctx)
+
+            return Slow
+
+        passes = tuple(slowed(p) for p in passes)
+    res = run_search(model, data_splits=splits, target="host", space=SearchSpace(passes),
                      max_drop=0.5, trials=args.trials, time_budget=args.time_budget, storage=args.storage, resume=True,
                      options=options, progress=False, seed=0)
     print(f"done: {len(res.trials)} trials", flush=True)

@@ -27,7 +27,8 @@ def test_kill_9_mid_trial_then_resume_keeps_finished_trials(tmp_path):
     shared("mlperf_tiny/kws/dscnn_kws12.onnx")
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
-    proc = subprocess.Popen([sys.executable, str(WORKER), url, str(N), "--grace", "2"],
+    # every pass takes 2 s longer, so the kill below lands mid-trial even on a loaded machine
+    proc = subprocess.Popen([sys.executable, str(WORKER), url, str(N), "--grace", "2", "--trial-delay", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killed_during = None
     deadline = time.monotonic() + 180

@@ -31,9 +31,10 @@ def _replay(record, model, splits):
 
 
 def _board(tmp_path, storage_kib: int, ram_kib: int = 512):
+    # an ONNX Runtime device: budgets judged on the graph (runtime "c" would build real firmware)
     path = tmp_path / "tiny_board.yaml"
     path.write_text(
-        f"runtime: c\ndtypes: [int8, fp32]\nram_bytes: {ram_kib} KiB\nstorage_bytes: {storage_kib} KiB\n"
+        f"runtime: onnxruntime\ndtypes: [int8, fp32]\nram_bytes: {ram_kib} KiB\nstorage_bytes: {storage_kib} KiB\n"
         "cost: {macs_per_second: {int8: 3.0e8, fp32: 1.0e8}, memory_bandwidth_bytes_per_s: 4.0e8, overlap_compute_and_memory: false}\n"
         "energy: {memory: sram}\n")
     return str(path)
