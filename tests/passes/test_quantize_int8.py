@@ -25,7 +25,7 @@ class TestQuantizeInt8(PassContract):
     @pytest.fixture
     def bad_params(self):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
-                {"exclude_nodes": "conv1"}, {"percentile": 120}]
+                {"exclude_nodes": "conv1"}, {"percentile": 120}, {"format": "qoperator", "bias_correction": True}]
 
 
 @pytest.fixture(scope="module")

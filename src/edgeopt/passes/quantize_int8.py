@@ -83,8 +83,19 @@ class QuantizeInt8(Pass):
             "bias_correction": Choice((False, True)),
         }
 
+    @classmethod
+    def param_applies(cls, name, chosen):
+        if name == "percentile":
+            return chosen.get("calibration", "minmax") == "percentile"
+        if name == "bias_correction":
+            return chosen.get("format", "qdq") == "qdq"
+        return True
+
     def validate(self) -> None:
         super().validate()
+        if self.bias_correction is True and self.format != "qdq":
+            raise ConfigError("quantize.int8: bias_correction=True edits the float biases of the QDQ form; "
+                              f"use format='qdq' (got format={self.format!r}) or bias_correction=False")
         if not isinstance(self.samples, int) or isinstance(self.samples, bool) or not 1 <= self.samples <= 100_000:
             raise ConfigError(f"quantize.int8: parameter 'samples' must be an integer in 1..100000; got {self.samples!r}")
         if not isinstance(self.percentile, (int, float)) or not 50 < self.percentile < 100:

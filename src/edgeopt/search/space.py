@@ -118,11 +118,15 @@ class SearchSpace:
         instances = []
         for cls in chosen:
             step = step_name(cls.name)
+            fixed_here = {k.split("__", 1)[1]: v for k, v in self.fixed.items() if k.split("__", 1)[0] == step}
             params = {}
             for key, dim in cls.search_space().items():
                 full = f"{step}__{key}"
-                params[key] = self.fixed[full] if full in self.fixed else dim.suggest(trial, full)
-            fixed_here = {k.split("__", 1)[1]: v for k, v in self.fixed.items() if k.split("__", 1)[0] == step}
+                if full in self.fixed:
+                    params[key] = self.fixed[full]
+                elif cls.param_applies(key, {**fixed_here, **params}):
+                    params[key] = dim.suggest(trial, full)
+                # else: conditional parameter that does not apply here; the pass keeps its default
             params.update(fixed_here)
             try:
                 inst = cls(**params) if params else cls()
