@@ -62,3 +62,22 @@ def test_bias_correction_on_qoperator_is_refused_by_validate_and_never_proposed(
         if step.calibration != "percentile":
             assert "quantize_int8__percentile" not in trial.params   # no trial spent on a value with no effect
     assert seen == {("qdq", False), ("qdq", True), ("qoperator", False)}
+
+
+def test_clustering_a_layer_pruned_to_all_zeros(dscnn, kws_data):
+    # prune.magnitude at ~92% global sparsity left a DS-CNN layer all zero; cluster.weights then ran
+    # k-means on no values: "zero-size array to reduction operation maximum"
+    from onnx import numpy_helper
+
+    from edgeopt.model import ModelHandle
+
+    proto = dscnn.proto()
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    init = next(i for i in proto.graph.initializer if i.name in conv_weights)
+    init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    zeroed = ModelHandle(proto.SerializeToString(), name="dscnn-one-layer-zero")
+    ctx = PassContext(calib=kws_data.splits(calib="0:200")["calib"], seed=0)
+    result = make_pass("cluster.weights", {"clusters": 8, "epochs": 0, "codebook": "int8"})(zeroed, ctx)
+    assert min(result.stats["distinct_values"].values()) == 1          # the zero layer stays exactly zero
+    assert max(result.stats["distinct_values"].values()) <= 8
+    assert np.all(np.isfinite(result.model.predict(kws_data.x[3000:3100])[0]))
