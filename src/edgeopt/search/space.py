@@ -123,13 +123,16 @@ class SearchSpace:
             # Slice, Concat) that fold's constant folding removes; without it the quantizer and the
             # C targets refuse the graph, so a trained candidate would be wasted as infeasible.
             chosen.append(fold)
+            forced = {fold}   # with its defaults: not a choice of this trial
+        else:
+            forced = set()
         chosen.sort(key=order_key)
         instances = []
         for cls in chosen:
             step = step_name(cls.name)
             fixed_here = {k.split("__", 1)[1]: v for k, v in self.fixed.items() if k.split("__", 1)[0] == step}
             params = {}
-            for key, dim in cls.search_space().items():
+            for key, dim in ({} if cls in forced else cls.search_space()).items():
                 full = f"{step}__{key}"
                 if full in self.fixed:
                     params[key] = self.fixed[full]
