@@ -82,7 +82,7 @@ def test_splits_are_disjoint_and_deterministic(cifar):
         cifar.splits(calib="900:2000")
     assert parse_split_spec("calib=0:500,eval=500:") == {"calib": "0:500", "eval": "500:"}
     with pytest.raises(ConfigError):
-        parse_split_spec("train=0:10")
+        parse_split_spec("test=0:10")   # names: calib, train (fine-tuning), tune, eval
     d = default_splits(cifar)
     assert d["calib"].rows[1] == d["eval"].rows[0] == 500
 

@@ -32,6 +32,14 @@ def test_chooses_a_small_int8_model_within_budget_on_held_out_rows(result, dscnn
     assert best.drop_eval.ci_low <= best.drop_eval.value <= best.drop_eval.ci_high
 
 
+def test_pareto_front_of_the_candidate_loop(result):
+    front = result.pareto
+    assert result.best in front
+    for c in front:   # no front member is beaten on both latency and size by another accurate candidate
+        assert -c.drop_eval.value <= 0.02
+        assert not any(o.latency_ratio < c.latency_ratio and o.size_bytes < c.size_bytes for o in front)
+
+
 def test_every_candidate_has_a_status_and_a_reason(result):
     assert len(result.candidates) >= 2
     for c in result.candidates:

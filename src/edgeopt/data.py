@@ -17,7 +17,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-SPLIT_NAMES = ("calib", "tune", "eval")
+SPLIT_NAMES = ("calib", "train", "tune", "eval")
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .search.outcome import SearchOutcome
 
 from .errors import BudgetError, ConfigError, DataError, EdgeOptError, UnsupportedModelError, VerificationError
 
@@ -86,6 +89,17 @@ class OptimizeResult:
     best: Candidate | None
     report_data: dict
     eval_data: Any = field(repr=False, default=None)
+
+    @property
+    def pareto(self) -> list[Candidate]:
+        """Candidates within the accuracy budget on the held-out rows that no other such candidate
+        beats on both latency and size (fastest first)."""
+        ok = [c for c in self.candidates if c.model is not None and c.latency_ratio is not None
+              and _within(_eval_drop(c), self.report_data["settings"]["max_drop"])]
+        front = [c for c in ok if not any(
+            o.latency_ratio <= c.latency_ratio and o.size_bytes <= c.size_bytes
+            and (o.latency_ratio < c.latency_ratio or o.size_bytes < c.size_bytes) for o in ok)]
+        return sorted(front, key=lambda c: (c.latency_ratio, c.size_bytes))
 
     def report(self, path: str | os.PathLike | None = None) -> dict:
         """The report as a dict; with ``path`` also write it (``.json`` or ``.html``) atomically."""
@@ -258,8 +272,23 @@ def optimize(
     bench_iterations: int = 100,
     calibration_samples: int = 256,
     quick: bool = False,
-) -> OptimizeResult:
+    target: Any = None,
+    objectives: str | Sequence[str] | None = None,
+    trials: int | None = None,
+    study: str | None = None,
+    study_name: str = "edgeopt",
+    resume: bool = False,
+    sampler: str = "tpe",
+) -> "OptimizeResult | SearchOutcome":
     """Compress ``model`` within an accuracy budget and return the measured candidates.
+
+    Two modes, one result shape (``.best``, ``.pareto``, ``.save(dir)``, ``.report(path)``):
+
+    - **search** when any of ``target``, ``objectives``, ``trials`` or ``study`` is given: the
+      target-aware multi-objective search over every registered pass
+      (:func:`edgeopt.search.outcome.optimize_with_search`; ``techniques`` then names passes or
+      families, ``splits`` needs ``calib``, ``tune`` and ``eval`` rows, optional ``train``);
+    - **PTQ candidates** otherwise: the fixed list of int8 / fp16 / int4 / mixed variants below.
 
     ``max_drop`` is in metric units (0.005 = half a point of top-1). ``splits`` names disjoint row
     ranges (``"calib=0:500,eval=500:"``, optional ``tune``); without a ``tune`` range, tuning
@@ -277,6 +306,17 @@ def optimize(
     budget_s = parse_time_budget(time_budget)
     spec = metric_spec(metric)
     max_drop = check_max_drop(max_drop, spec)
+    if any(v is not None for v in (target, objectives, trials, study)):
+        from .search.outcome import optimize_with_search
+
+        if data is None:
+            raise DataError("optimize() needs data: calibration rows, tune rows to compare candidates on and held-out eval rows")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed must be an integer; got {seed!r}")
+        return optimize_with_search(model, data, target=target or "host", objectives=objectives, trials=trials, study=study,
+                                    study_name=study_name, resume=resume, sampler=sampler, techniques=techniques,
+                                    metric=metric, max_drop=max_drop, splits=splits, time_budget=budget_s, seed=seed,
+                                    out=out, progress=progress, x_key=x_key, y_key=y_key)
     chosen_techniques = parse_techniques(techniques)
     if goal not in GOALS:
         raise ConfigError(f"goal must be one of {list(GOALS)}; got {goal!r}")
@@ -725,8 +765,9 @@ def replay(model: Any, recipe: Any, data: Any = None, *, x_key: str | None = Non
     handle = load(model)
     record = dict(recipe.data or {})
     splits = {k: tuple(v) for k, v in (record.get("splits") or {}).items()}
-    needs_data = any("calib" in p.requires for p in recipe.passes)
-    calib = None
+    searched = record.get("context") == "search"
+    needs_data = any(("calib" in p.requires or "train" in p.requires) for p in recipe.passes)
+    calib = train = None
     if needs_data:
         if data is None:
             raise DataError(f"this recipe calibrates on rows {splits.get('calib')} of {record.get('source')!r}; pass --data with that file")
@@ -738,8 +779,18 @@ def replay(model: Any, recipe: Any, data: Any = None, *, x_key: str | None = Non
         if splits["calib"][1] > len(dataset):
             raise DataError(f"the recipe calibrates on rows {list(splits['calib'])} but the data has only {len(dataset)} rows; "
                             f"is this the same file as {record.get('source')!r}?")
-        calib = split(dataset, {"calib": splits["calib"]})["calib"]
-    ctx = PassContext(calib=calib, tune=calib, seed=recipe.seed)
+        parts = split(dataset, {k: splits[k] for k in ("calib", "train") if k in splits})
+        calib, train = parts["calib"], parts.get("train")
+    if searched:
+        # the same context the search built the candidate with (search.CandidateEvaluator.context):
+        # the target decides e.g. int8 activation signedness, the teacher is the original model
+        from .target import Target
+
+        ctx = PassContext(calib=calib, tune=None, train=train, metric=record.get("metric") or "top1",
+                          target=Target.parse(record["target"]) if record.get("target") else None,
+                          seed=recipe.seed, teacher=handle)
+    else:
+        ctx = PassContext(calib=calib, tune=calib, seed=recipe.seed)
     rng_state = np.random.get_state()
     np.random.seed(recipe.seed)
     try:

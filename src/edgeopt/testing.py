@@ -43,6 +43,22 @@ class PassContract:
             for value in dim.all_values():
                 pass_instance.set_params(**{key: value}).validate()
 
+    def test_every_combination_the_search_proposes_is_accepted(self, pass_instance):
+        # walk the search space as SearchSpace.suggest does: a parameter that does not apply
+        # (param_applies) is not sampled and keeps its default
+        cls = type(pass_instance)
+        combos: list[dict] = [{}]
+        for key, dim in cls.search_space().items():
+            grown = []
+            for chosen in combos:
+                if cls.param_applies(key, chosen):
+                    grown += [{**chosen, key: v} for v in dim.all_values()]
+                else:
+                    grown.append(chosen)
+            combos = grown[:5000]
+        for chosen in combos:
+            cls(**chosen).validate()
+
     def test_bad_params_raise_config_error(self, pass_instance, bad_params):
         assert bad_params, "a contract test must list at least one bad parameter set"
         for params in bad_params:

@@ -25,8 +25,8 @@ class TestQuantizeInt8(PassContract):
     @pytest.fixture
     def bad_params(self):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
-                {"exclude_nodes": "conv1"}, {"percentile": 120},
-                {"pad_channels": "yes"}]
+                {"exclude_nodes": "conv1"}, {"percentile": 120}, {"pad_channels": "yes"},
+                {"format": "qoperator", "bias_correction": True}, {"format": "qoperator", "pad_channels": True}]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`edgeopt search` end to end (in process, so the test passes can be registered): JSON output,
+"""`edgeopt search` (alias of `edgeopt optimize --target`) end to end (in process, so the test passes can be registered): JSON output,
 and exit code 2 with the budget named and the report written when nothing fits the target."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def registered(monkeypatch):
 
 
 def _args(dscnn_path, kws_data_path, out, target):
-    return ["search", str(dscnn_path), "--data", str(kws_data_path), "--split", "tune=0:300,calib=300:500",
+    return ["search", str(dscnn_path), "--data", str(kws_data_path), "--split", "tune=0:300,calib=300:500,eval=500:800",
             "--target", target, "--techniques", "quantize.dynamic_int8,prune.threshold", "--max-drop", "5%",
             "--trials", "4", "--sampler", "random", "--out", str(out)]
 
@@ -31,11 +31,12 @@ def test_search_command_json(registered, dscnn_path, kws_data_path, tmp_path, ca
     code = run(_args(dscnn_path, kws_data_path, tmp_path / "out", "rpi4") + ["--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    data = json.loads(captured.out)
+    data = json.loads(captured.out)["search"]
     assert data["target"]["name"] == "rpi4" and data["objectives"] == ["latency", "size"]
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in data["trials"]) == 4
     assert data["best"] in data["pareto"]
-    assert (tmp_path / "out" / "study.db").is_file() and (tmp_path / "out" / "search_report.html").is_file()
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"study.db", "model.onnx", "recipe.yaml", "report.json", "report.html"} <= written
     # the same study continues with --resume (and refuses to be overwritten without it)
     assert run(_args(dscnn_path, kws_data_path, tmp_path / "out", "rpi4")) == 1
     assert "resume" in capsys.readouterr().err
@@ -49,7 +50,7 @@ def test_search_command_budget_nobody_meets_exits_2(registered, dscnn_path, kws_
     err = capsys.readouterr().err
     assert code == 2
     assert "BudgetError" in err and "RAM budget of watch (8.0 KiB)" in err and "the closest, trial" in err
-    assert (tmp_path / "out" / "search_report.html").is_file()
+    assert (tmp_path / "out" / "report.html").is_file() and not (tmp_path / "out" / "model.onnx").exists()
 
 
 def test_parse_duration():

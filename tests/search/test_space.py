@@ -114,3 +114,17 @@ def test_expensive_pick_replaces_the_cheap_pick_of_its_family():
                                                     "quantize_dynamic_int8__weight_type": "quint8",
                                                     "train__quantize": "quantize.torch_stage"}))
     assert [p.name for p in recipe.passes] == ["quantize.torch_stage"]
+
+
+def test_a_trained_recipe_is_always_folded_afterwards():
+    from edgeopt.passes import get_pass
+
+    fold = get_pass("fold")
+    space = SearchSpace((fold, ThresholdPrune, ShrinkDenseTrained))
+    trained = space.suggest(optuna.trial.FixedTrial({"use__fold": "none", "use__prune": "none", "train__lowrank": "lowrank.trained",
+                                                     "lowrank_trained__keep": 0.4}), allow_expensive=True)
+    assert [p.name for p in trained.passes] == ["lowrank.trained", "fold"]
+    plain = space.suggest(optuna.trial.FixedTrial({"use__fold": "none", "use__prune": "prune.threshold",
+                                                   "prune_threshold__sparsity": 0.3, "train__lowrank": "none"}),
+                          allow_expensive=True)
+    assert [p.name for p in plain.passes] == ["prune.threshold"]   # no torch stage: fold stays the trial's choice

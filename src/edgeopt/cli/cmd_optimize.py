@@ -1,4 +1,9 @@
-"""`edgeopt optimize MODEL --data D --max-drop 0.5pt --out DIR`: accuracy-guarded PTQ, measured."""
+"""`edgeopt optimize MODEL --data D --max-drop 0.5pt --out DIR`: accuracy-guarded compression, measured.
+
+With ``--target``, ``--trials``, ``--study`` or ``--objective`` it runs the target-aware
+multi-objective search over every registered pass (``edgeopt.search``); without them, the fixed
+list of post-training quantization candidates.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +29,29 @@ def register(app: typer.Typer) -> None:
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
         bench_rounds: int = typer.Option(5, "--bench-rounds", help="Interleaved benchmark rounds (fresh processes)."),
         quick: bool = typer.Option(False, "--quick", help="One int8 variant (+ mixed precision if needed), no confirmation benchmark."),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="Search for this device (see `edgeopt targets`) or a target YAML file."),
+        objective: Optional[str] = typer.Option(None, "--objective", help="Search objectives, comma-separated: latency, size, ram, energy, drop, metric (default latency,size)."),
+        trials: Optional[int] = typer.Option(None, "--trials", help="Search: finished trials the study should hold (default 20)."),
+        study: Optional[str] = typer.Option(None, "--study", help="Search: study store URL (default sqlite:///OUT/study.db), e.g. postgresql://user@host/db."),
+        study_name: str = typer.Option("edgeopt", "--study-name", help="Search: name of the study inside the store."),
+        resume: bool = typer.Option(False, "--resume", help="Search: continue the study (or join it as another worker)."),
+        sampler: str = typer.Option("tpe", "--sampler", help="Search: tpe, nsga2 or random."),
         json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout instead of tables."),
     ):
-        """Quantize within an accuracy budget; every candidate evaluated on held-out rows and benchmarked."""
+        """Compress within an accuracy budget: PTQ candidates by default; with --target / --trials /
+        --study / --objective, the multi-objective search over every pass against the target's budgets.
+        Exit code 2 (report still written) when nothing meets the budgets."""
         from ..errors import BudgetError, ConfigError
         from ..evaluation import metric_spec
         from ..optimizer import optimize
         from ._common import parse_fraction
+
+        if any(v is not None for v in (target, objective, trials, study)):
+            run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
+                          time_budget=time_budget, seed=seed, x_key=x_key, y_key=y_key, target=target, objective=objective,
+                          trials=trials, study=study, study_name=study_name, resume=resume, sampler=sampler,
+                          json_output=json_output)
+            return
 
         spec = metric_spec(metric)
         if spec.name.startswith("top") or spec.name == "agreement":
@@ -85,3 +106,30 @@ def comparison_table(report: dict):
     if agreement is not None:
         t.add_row("top-1 agreement with original", "", f"{agreement:.4f}", "")
     return t
+
+
+def run_searching(model, *, data, out, metric, max_drop, split, techniques, time_budget, seed, x_key, y_key, target,
+                  objective, trials, study, study_name, resume, sampler, json_output) -> None:
+    """`edgeopt optimize --target ...` (and its alias `edgeopt search`): search, write, print the front."""
+    from ..evaluation import metric_spec
+    from ..optimizer import optimize
+    from ._common import console, emit_json, parse_fraction
+
+    spec = metric_spec(metric)
+    drop = parse_fraction(max_drop, option="--max-drop") if spec.higher_is_better else float(max_drop)
+    result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
+                      time_budget=time_budget, seed=seed, out=out, progress=not json_output, x_key=x_key, y_key=y_key,
+                      target=target or "host", objectives=objective, trials=trials, study=study, study_name=study_name,
+                      resume=resume, sampler=sampler)
+    if json_output:
+        emit_json(result.report_data)
+        return
+    from .cmd_search import _print_front
+
+    c = console()
+    _print_front(result.search, c)
+    h = result.held_out
+    if h:
+        c.print(f"chosen: trial {result.best.number} ({result.best.label()}); held-out {h['metric']} {h['value']:.4f} "
+                f"(original {h['baseline']:.4f}, drop {h['drop']:.4f} on {h['samples']} eval rows)")
+    c.print(f"wrote {out}/model.onnx, recipe.yaml, report.json, report.html")

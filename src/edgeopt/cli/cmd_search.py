@@ -1,4 +1,4 @@
-"""`edgeopt search`: the target-aware multi-objective search on its own (until `optimize` wraps it)."""
+"""`edgeopt search`: alias of `edgeopt optimize --target ...` (the target-aware multi-objective search)."""
 
 from __future__ import annotations
 
@@ -40,39 +40,25 @@ def register(app: typer.Typer) -> None:
         study: str = typer.Option(None, "--study", help="Study store URL (default sqlite:///OUT/study.db); any optuna database URL."),
         study_name: str = typer.Option("edgeopt", "--study-name", help="Name of the study inside the store."),
         resume: bool = typer.Option(False, "--resume", help="Continue an existing study (also: join it as another worker)."),
-        split: str = typer.Option(None, "--split", help="Row ranges, e.g. 'calib=0:500,tune=500:1000,eval=1000:' (default: thirds)."),
+        split: str = typer.Option(None, "--split", help="Row ranges, e.g. 'calib=0:500,train=500:2500,tune=2500:3500,eval=3500:' (default: thirds calib/tune/eval)."),
         metric: str = typer.Option("top1", "--metric", help="Task metric (top1, auc, mse, agreement, ...)."),
         sampler: str = typer.Option("tpe", "--sampler", help="tpe, nsga2 or random."),
         seed: int = typer.Option(0, "--seed"),
-        out: str = typer.Option(..., "--out", "-o", help="Output folder: search.json, search_report.html, study.db."),
+        x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
+        y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
+        out: str = typer.Option(..., "--out", "-o", help="Output folder: model.onnx, recipe.yaml, report.json, report.html, study.db."),
         json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
     ):
-        """Search recipes of compression passes for TARGET: Pareto front of the objectives under the
-        accuracy and memory budgets. Exit code 2 if nothing meets the budgets (the report is written)."""
-        from ..data import load_data, parse_split_spec
-        from ..model import load
-        from ..search import SearchOptions, SearchSpace, run_search
-        from ._common import console, emit_json, parse_fraction
+        """Alias of `edgeopt optimize --target ...`: search recipes of compression passes for TARGET
+        (Pareto front of the objectives under the accuracy and memory budgets), write the chosen
+        model. Exit code 2 if nothing meets the budgets (the report is written)."""
+        from .cmd_optimize import run_searching
 
-        drop = parse_fraction(max_drop, option="--max-drop")
-        objectives = tuple(o.strip() for o in objective.split(",") if o.strip())
-        handle = load(model)
-        dataset = load_data(data)
-        ranges = parse_split_spec(split) if split else None
-        if ranges is None:
-            n = len(dataset)
-            third = n // 3
-            ranges = {"calib": f"0:{third}", "tune": f"{third}:{2 * third}", "eval": f"{2 * third}:"}
-        splits = dataset.splits(**ranges)
-        space = SearchSpace.from_names([t.strip() for t in techniques.split(",")] if techniques else None)
-        result = run_search(handle, data_splits=splits, target=target, space=space, objectives=objectives, max_drop=drop,
-                            trials=trials, time_budget=parse_duration(time_budget), storage=study, resume=resume, seed=seed,
-                            metric=metric, out_dir=out, progress=not json_out,
-                            options=SearchOptions(sampler=sampler, study_name=study_name))
-        if json_out:
-            emit_json(result.to_dict())
-            return
-        _print_front(result, console())
+        parse_duration(time_budget)   # same accepted forms as before the alias, checked early
+        run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
+                      time_budget=parse_duration(time_budget), seed=seed, x_key=x_key, y_key=y_key, target=target,
+                      objective=objective, trials=trials, study=study, study_name=study_name, resume=resume,
+                      sampler=sampler, json_output=json_out)
 
 
 def _print_front(result, con) -> None:

@@ -146,6 +146,19 @@ class Pass:
         """Parameters the optimizer may vary, with their ranges. Override in subclasses."""
         return {}
 
+    @classmethod
+    def param_applies(cls, name: str, chosen: Mapping[str, Any]) -> bool:
+        """Whether the search should vary parameter ``name`` given the values ``chosen`` so far for
+        the parameters listed before it in :meth:`search_space` (fixed values included).
+
+        Override to declare conditional parameters: one that has no effect in that combination
+        (a percentile without percentile calibration) or one that :meth:`validate` would reject
+        with it (bias correction on the QOperator format). A parameter that does not apply keeps
+        its default, so the search never spends a trial on a combination the pass refuses or on a
+        value that changes nothing.
+        """
+        return True
+
     def validate(self) -> None:
         """Raise ConfigError naming the parameter, the value and what is allowed. Override and call super()."""
         for key, dim in self.search_space().items():

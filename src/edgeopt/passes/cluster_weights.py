@@ -82,7 +82,12 @@ class ClusterWeights(Pass):
             nonzero = flat != 0
             # One cluster is reserved for the exact zero when the layer is sparse.
             k = self.clusters - 1 if not nonzero.all() else self.clusters
-            centroids, labels = kmeans_codebook(flat[nonzero], max(1, k), ctx.seed)
+            if nonzero.any():
+                centroids, labels = kmeans_codebook(flat[nonzero], max(1, k), ctx.seed)
+            else:
+                # a layer pruned to all zeros (e.g. by prune.magnitude before) has nothing to cluster:
+                # no members, so its gradient is shared to zero and it stays exactly zero
+                centroids, labels = np.zeros(1, dtype=np.float32), np.zeros(0, dtype=np.int64)
             index = torch.full((flat.size,), -1, dtype=torch.long)
             index[torch.from_numpy(np.flatnonzero(nonzero))] = torch.from_numpy(labels.astype(np.int64))
             assignments[name] = (index, len(centroids))

@@ -45,13 +45,19 @@ class Fold(Pass):
 
         with tempfile.TemporaryDirectory(prefix="edgeopt-fold-") as tmp, quiet():
             out = Path(tmp) / "folded.onnx"
+            # A file path, not the ModelProto: given a proto and skip_symbolic_shape=True, ORT's
+            # quant_pre_process moves the initializers out to "external data" in place, then its
+            # optimizer and ONNX shape inference look for a data file that does not exist
+            # (ValidationError "... should be stored in .../foo.bin"). From a file both steps work.
+            source = Path(tmp) / "input.onnx"
+            onnx.save(proto, str(source))
             try:
-                quant_pre_process(proto, out, skip_symbolic_shape=not self.symbolic_shapes)
+                quant_pre_process(str(source), out, skip_symbolic_shape=not self.symbolic_shapes)
             except Exception:
                 if not self.symbolic_shapes:
                     raise
                 # symbolic shape inference rejects some graphs (custom ops); ONNX's own inference still runs
-                quant_pre_process(proto, out, skip_symbolic_shape=True)
+                quant_pre_process(str(source), out, skip_symbolic_shape=True)
             folded = onnx.load(str(out))
         folded.doc_string = ""
         new = model.derive(folded, self.record())

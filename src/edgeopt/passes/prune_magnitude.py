@@ -83,8 +83,17 @@ class PruneMagnitude(Pass):
 
     @classmethod
     def search_space(cls):
-        return {"sparsity": FloatRange(0.3, 0.95), "schedule": Choice(SCHEDULES), "scope": Choice(SCOPES),
-                "epochs": IntRange(0, 10)}
+        # epochs before schedule: whether 'gradual' is allowed depends on it (see param_applies)
+        return {"sparsity": FloatRange(0.3, 0.95), "epochs": IntRange(0, 10), "schedule": Choice(SCHEDULES),
+                "scope": Choice(SCOPES)}
+
+    @classmethod
+    def param_applies(cls, name, chosen):
+        # 'gradual' prunes during fine-tuning: with no epochs validate() refuses it, so the search
+        # keeps the default one-shot schedule instead of proposing it
+        if name == "schedule":
+            return chosen.get("epochs", 3) >= 1
+        return True
 
     def validate(self) -> None:
         super().validate()

@@ -89,8 +89,22 @@ class QuantizeInt8(Pass):
             "pad_channels": Choice((False, True)),
         }
 
+    @classmethod
+    def param_applies(cls, name, chosen):
+        if name == "percentile":
+            return chosen.get("calibration", "minmax") == "percentile"
+        if name in ("bias_correction", "pad_channels"):  # both edit the QDQ form
+            return chosen.get("format", "qdq") == "qdq"
+        return True
+
     def validate(self) -> None:
         super().validate()
+        if self.bias_correction is True and self.format != "qdq":
+            raise ConfigError("quantize.int8: bias_correction=True edits the float biases of the QDQ form; "
+                              f"use format='qdq' (got format={self.format!r}) or bias_correction=False")
+        if self.pad_channels is True and self.format != "qdq":
+            raise ConfigError("quantize.int8: pad_channels=True edits the QDQ form (QuantizeLinear/DequantizeLinear "
+                              f"around each Conv); use format='qdq' (got format={self.format!r}) or pad_channels=False")
         if not isinstance(self.samples, int) or isinstance(self.samples, bool) or not 1 <= self.samples <= 100_000:
             raise ConfigError(f"quantize.int8: parameter 'samples' must be an integer in 1..100000; got {self.samples!r}")
         if not isinstance(self.percentile, (int, float)) or not 50 < self.percentile < 100:

@@ -64,12 +64,23 @@ class ArrayReader:
         self._start = start_index * self.batch
 
 
+def equal_batch(rows: int, largest: int) -> int:
+    """The largest batch size <= ``largest`` that splits ``rows`` into equal batches.
+
+    ORT's histogram calibrators (entropy, percentile, distribution) stack the per-batch outputs
+    with ``np.asarray``; a shorter last batch makes that array ragged and fails with "setting an
+    array element with a sequence". MinMax does not care, and its ranges do not depend on batching.
+    """
+    rows = max(1, int(rows))
+    return next(b for b in range(min(largest, rows), 0, -1) if rows % b == 0)
+
+
 def reader_for(model, x: np.ndarray) -> ArrayReader:
     """A reader matching the model's single input; models with a fixed batch of 1 get single rows."""
     if len(model.inputs) != 1:
         raise DataError(f"int8 calibration supports single-input models; this model takes {[s.name for s in model.inputs]}")
     spec = model.inputs[0]
-    batch = 1 if (spec.shape and spec.shape[0] == 1) else 32
+    batch = 1 if (spec.shape and spec.shape[0] == 1) else equal_batch(len(x), 32)
     dtype = spec.dtype if not spec.dtype.startswith("onnx:") else "float32"
     return ArrayReader(spec.name, x, dtype, batch)
 

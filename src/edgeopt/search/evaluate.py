@@ -205,7 +205,15 @@ class CandidateEvaluator:
         cheap check fails (used for the baseline, which the report always shows)."""
         from dataclasses import replace
 
-        candidate, stats = recipe.apply(self.model, self.context())
+        import numpy as np
+
+        # seeded exactly as edgeopt.optimizer.replay does, so `edgeopt apply` rebuilds this candidate
+        rng_state = np.random.get_state()
+        np.random.seed(recipe.seed)
+        try:
+            candidate, stats = recipe.apply(self.model, self.context())
+        finally:
+            np.random.set_state(rng_state)
         figures = static_figures(candidate)
         metrics = self.static_metrics(candidate, figures)
         if self.target.runtime == "c" and screen and not metrics.unsupported:

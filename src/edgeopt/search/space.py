@@ -12,6 +12,9 @@ Torch-stage passes (and any pass needing ``train`` data) are expensive; they get
 (fine-tuning only for promising recipes). When a family's expensive pass is chosen it replaces
 the family's cheap pick, so a recipe still holds one pass per family.
 
+A recipe with a torch-stage pass always gets ``fold`` afterwards when the space holds it (the
+PyTorch export's shape arithmetic must be folded before quantization or a C target can take it).
+
 Order: torch-stage passes (which train the PyTorch twin) before onnx-stage passes, then by the
 family order below (structure-changing before precision-changing: pruned or factorized weights
 must exist before they are quantized), then by name.
@@ -114,15 +117,28 @@ class SearchSpace:
                 pick = trained if trained != NONE else pick
             if pick != NONE:
                 chosen.append(next(c for c in slots["cheap"] + slots["train"] if c.name == pick))
+        fold = next((c for c in self.passes if c.name == "fold"), None)
+        if fold is not None and fold not in chosen and any(c.stage == "torch" for c in chosen):
+            # The PyTorch export leaves shape arithmetic (Constant, ConstantOfShape, Cast, Pad,
+            # Slice, Concat) that fold's constant folding removes; without it the quantizer and the
+            # C targets refuse the graph, so a trained candidate would be wasted as infeasible.
+            chosen.append(fold)
+            forced = {fold}   # with its defaults: not a choice of this trial
+        else:
+            forced = set()
         chosen.sort(key=order_key)
         instances = []
         for cls in chosen:
             step = step_name(cls.name)
-            params = {}
-            for key, dim in cls.search_space().items():
-                full = f"{step}__{key}"
-                params[key] = self.fixed[full] if full in self.fixed else dim.suggest(trial, full)
             fixed_here = {k.split("__", 1)[1]: v for k, v in self.fixed.items() if k.split("__", 1)[0] == step}
+            params = {}
+            for key, dim in ({} if cls in forced else cls.search_space()).items():
+                full = f"{step}__{key}"
+                if full in self.fixed:
+                    params[key] = self.fixed[full]
+                elif cls.param_applies(key, {**fixed_here, **params}):
+                    params[key] = dim.suggest(trial, full)
+                # else: conditional parameter that does not apply here; the pass keeps its default
             params.update(fixed_here)
             try:
                 inst = cls(**params) if params else cls()
