@@ -2,23 +2,11 @@
 
 import numpy as np
 import pytest
-from training_models import FAST, mnist_rows, onnx_weight_arrays, trained_mlp
+from training_models import onnx_weight_arrays
 
-from edgeopt.passes.base import PassContext
 from edgeopt.passes.cluster_weights import ClusterWeights
 from edgeopt.passes.prune_magnitude import PruneMagnitude
 from edgeopt.testing import PassContract
-
-
-@pytest.fixture(scope="module")
-def mlp(mnist_path):
-    return trained_mlp(mnist_path)
-
-
-@pytest.fixture(scope="module")
-def mnist_ctx(mnist_path):
-    return PassContext(train=mnist_rows(mnist_path, 1000, 1600), tune=mnist_rows(mnist_path, 1600, 1800),
-                       options={"fine_tune": FAST})
 
 
 class TestClusterWeightsContract(PassContract):
