@@ -180,6 +180,10 @@ class Target(_Strict):
     #: the core the C generator builds for (runtime "c"): flash/RAM budgets are checked on the
     #: firmware linked for it, not estimated
     cpu: Literal["cortex-m4", "cortex-m7"] | None = None
+    #: parameters the search must not vary on this target (``step__param``: value), and pass
+    #: families it must always use, restricted to the listed passes
+    search_fixed: dict[str, Any] = Field(default_factory=dict)
+    search_required: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     cost: CostModel
     energy: EnergyModel = EnergyModel()
     source: str | None = None   # where this profile was read from

@@ -128,3 +128,26 @@ def test_a_trained_recipe_is_always_folded_afterwards():
                                                    "prune_threshold__sparsity": 0.3, "train__lowrank": "none"}),
                           allow_expensive=True)
     assert [p.name for p in plain.passes] == ["prune.threshold"]   # no torch stage: fold stays the trial's choice
+
+
+def test_microcontroller_targets_constrain_what_the_search_proposes():
+    import optuna
+
+    from edgeopt.target import Target
+
+    target = Target.parse("cortex-m7")
+    space = SearchSpace.from_names(["fold", "equalize", "quantize.int8", "quantize.fp16", "quantize.int4"]).for_target(target)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(25):
+        trial = study.ask()
+        recipe = space.suggest(trial)
+        names = [p.name for p in recipe.passes]
+        # the generated C runs int8 QDQ only: every recipe quantizes to int8, in the QDQ form
+        assert "quantize.int8" in names and "quantize.fp16" not in names and "quantize.int4" not in names
+        assert next(p for p in recipe.passes if p.name == "quantize.int8").format == "qdq"
+        study.tell(trial, 0.0)
+    # the user's own fixed values win over the target's; a host search is not constrained
+    mine = SearchSpace.from_names(["quantize.int8"], fixed={"quantize_int8__format": "qoperator"}).for_target(target)
+    assert mine.fixed["quantize_int8__format"] == "qoperator"
+    host = SearchSpace.from_names(["quantize.int8", "quantize.fp16"]).for_target(Target.parse("host"))
+    assert host.required == {} and host.fixed == {}

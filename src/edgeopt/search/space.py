@@ -63,6 +63,9 @@ class SearchSpace:
 
     passes: tuple[type[Pass], ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    #: family -> the only passes allowed for it, and the family may not be left out (a target that
+    #: runs int8 only requires {"quantize": ("quantize.int8", "quantize.qat")})
+    required: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         for p in self.passes:
@@ -109,11 +112,15 @@ class SearchSpace:
 
         chosen: list[type[Pass]] = []
         for fam, slots in self.families().items():
+            allowed = self.required.get(fam)
+            cheap = [c.name for c in slots["cheap"] if allowed is None or c.name in allowed]
+            train = [c.name for c in slots["train"] if allowed is None or c.name in allowed]
             pick = NONE
-            if slots["cheap"]:
-                pick = trial.suggest_categorical(f"use__{fam}", [NONE] + [c.name for c in slots["cheap"]])
-            if slots["train"] and allow_expensive:
-                trained = trial.suggest_categorical(f"train__{fam}", [NONE] + [c.name for c in slots["train"]])
+            if cheap:
+                # a required family is never left out when a cheap pass of it can stand in
+                pick = trial.suggest_categorical(f"use__{fam}", ([] if allowed is not None else [NONE]) + cheap)
+            if train and allow_expensive:
+                trained = trial.suggest_categorical(f"train__{fam}", [NONE] + train)
                 pick = trained if trained != NONE else pick
             if pick != NONE:
                 chosen.append(next(c for c in slots["cheap"] + slots["train"] if c.name == pick))
@@ -147,6 +154,18 @@ class SearchSpace:
                 raise ConfigError(f"pass {cls.name!r} rejected parameters {params}: {e}") from e
             instances.append(inst)
         return Recipe.of(instances, seed=seed)
+
+    def for_target(self, target) -> "SearchSpace":
+        """This space with the target's search constraints (``search_fixed``, ``search_required``)
+        applied, so trials never propose what the target cannot run. The user's own fixed values win."""
+        from dataclasses import replace
+
+        present = {fam: {c.name for c in slots["cheap"] + slots["train"]} for fam, slots in self.families().items()}
+        # a requirement binds only where the space holds one of its passes (a space of custom passes
+        # keeps its own choices, and the target's op/dtype checks still judge them)
+        required = {fam: tuple(n for n in names if n in present[fam]) for fam, names in target.search_required.items()
+                    if present.get(fam, set()) & set(names)}
+        return replace(self, fixed={**target.search_fixed, **self.fixed}, required={**required, **self.required})
 
     def describe(self) -> list[dict]:
         rows = []

@@ -468,6 +468,7 @@ def run_search(
         space = SearchSpace.from_names(space)
     if not space.passes:
         raise ConfigError("the search space holds no passes; register passes in edgeopt/passes or name techniques to search")
+    space = space.for_target(target)
     spec = metric_spec(metric) if not callable(metric) or evaluate_trial is None else None
     higher_is_better = spec.higher_is_better if spec else True
     directions = _directions(objectives, higher_is_better)
