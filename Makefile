@@ -1,5 +1,5 @@
 # The two commands: `make demo` (fresh machine -> optimized bundled model) and `make test`.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
