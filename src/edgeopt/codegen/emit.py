@@ -150,6 +150,16 @@ def generate(model: LoweredModel, *, model_name: str = "model") -> Generated:
         c, h, w = (list(shape) + [1, 1, 1])[1:4] if len(shape) == 4 else (int(np.prod(shape)), 1, 1)
         return f"(eo_shape3){{{c}, {h}, {w}}}"
 
+    def weight_constants(tag: str, w, a) -> int:
+        """Weights, int32 biases and per-channel requantization (mantissa, exponent) of a conv or
+        gemm as const arrays; returns their bytes."""
+        mant, expo = float_to_mant_exp(a["requant"])
+        consts.append(_array("int8_t", f"{tag}_w", w))
+        consts.append(_array("int32_t", f"{tag}_b", a["bias"]))
+        consts.append(_array("int32_t", f"{tag}_m", mant))
+        consts.append(_array("int8_t", f"{tag}_e", expo))
+        return w.size + 4 * len(a["bias"]) + 5 * len(mant)
+
     for idx, op in enumerate(model.ops):
         y = model.tensors[op.output]
         a = op.attrs
@@ -158,12 +168,7 @@ def generate(model: LoweredModel, *, model_name: str = "model") -> Generated:
         if op.kind == "conv":
             x = model.tensors[op.inputs[0]]
             w = a["weight"]
-            mant, expo = float_to_mant_exp(a["requant"])
-            consts.append(_array("int8_t", f"{tag}_w", w))
-            consts.append(_array("int32_t", f"{tag}_b", a["bias"]))
-            consts.append(_array("int32_t", f"{tag}_m", mant))
-            consts.append(_array("int8_t", f"{tag}_e", expo))
-            const_bytes += w.size + 4 * len(a["bias"]) + 5 * len(mant)
+            const_bytes += weight_constants(tag, w, a)
             epilogue = "0"
             if "add" in a:
                 fa = a["add"]
@@ -185,12 +190,7 @@ def generate(model: LoweredModel, *, model_name: str = "model") -> Generated:
         elif op.kind == "gemm":
             x = model.tensors[op.inputs[0]]
             w = a["weight"]
-            mant, expo = float_to_mant_exp(a["requant"])
-            consts.append(_array("int8_t", f"{tag}_w", w))
-            consts.append(_array("int32_t", f"{tag}_b", a["bias"]))
-            consts.append(_array("int32_t", f"{tag}_m", mant))
-            consts.append(_array("int8_t", f"{tag}_e", expo))
-            const_bytes += w.size + 4 * len(a["bias"]) + 5 * len(mant)
+            const_bytes += weight_constants(tag, w, a)
             body.append(
                 f"    eo_gemm({cptr(x.name)}, {a['rows']}, {a['k']}, {a['n']}, {x.zero_point}, {tag}_w, {tag}_b, {cptr(y.name)}, "
                 f"{tag}_m, {tag}_e, {y.zero_point}, {a['qmin']}, {a['qmax']});")
