@@ -102,3 +102,27 @@ def test_classes_absent_from_tuning_rows_are_not_forgotten(dscnn, kws_data):
     without, with_synthetic = agreement(synthetic=0.0), agreement(synthetic=1.0)
     assert with_synthetic >= without + 0.01, (without, with_synthetic)
     assert with_synthetic > 0.85, with_synthetic
+
+
+def test_refit_on_synthetic_rows_keeps_classes_absent_from_tuning_rows(dscnn, kws_data):
+    """Reconstruction only (no training): fitted on rows of 5 words, the least-squares refit matches
+    the original's features for those words alone; with teacher-guided synthetic rows of every class
+    in the fit, the pruned model agrees with the original far more on the 7 words it never saw
+    (measured: 0.749 -> 0.864)."""
+    from dataclasses import replace
+
+    from edgeopt.passes.base import PassContext
+
+    rng = np.random.default_rng(0)
+    seen = np.sort(rng.choice(np.flatnonzero(kws_data.y < 5), 400, replace=False))
+    tune = replace(kws_data, x=kws_data.x[seen], y=kws_data.y[seen], name="kws_5_words", rows=None)
+    absent = kws_data.x[kws_data.y >= 5][::10]
+    reference = dscnn.predict(absent)[0].argmax(1)
+
+    def agreement(synthetic):
+        ctx = PassContext(tune=tune, teacher=dscnn, seed=0)
+        pruned = PruneChannels(ratio=0.15, importance="l2", epochs=0, synthetic=synthetic, calibration_samples=256)(dscnn, ctx)
+        return float(np.mean(pruned.model.predict(absent)[0].argmax(1) == reference))
+
+    without, with_synthetic = agreement(0.0), agreement(1.0)
+    assert with_synthetic >= without + 0.05, (without, with_synthetic)

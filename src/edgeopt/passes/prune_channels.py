@@ -293,10 +293,25 @@ class PruneChannels(Pass):
         teacher = to_torch(model) if needs_teacher else None
         kept = {n: list(range(c)) for n, c in channels_before.items()}
         x_calib = None
+        synthetic = None
+        if self.synthetic > 0 and (self.reconstruct or self.epochs > 0 or self.importance == "taylor"):
+            # Balanced over the classes even when the tuning rows are not: used for the importance
+            # scores, the refit and the fine-tuning, so none of them favours the tuning rows' classes.
+            pool = np.asarray(training_data(model, ctx)[0].x, dtype=np.float32)
+            count = int(round(self.synthetic * len(pool)))
+            if self.epochs == 0:
+                count = min(count, self.calibration_samples)  # only the importance scores and the refit read them
+            synthetic = synthesize_for_classes(teacher if teacher is not None else to_torch(model), pool, count,
+                                               np.random.default_rng(ctx.seed + 2))
         if self.reconstruct or self.importance == "taylor":
             train, _ = training_data(model, ctx)
             rows = np.sort(np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples])
             x_rows = np.ascontiguousarray(train.x[rows], dtype=np.float32)
+            y_calib = torch.from_numpy(train.y[rows].astype("int64")) if train.has_labels else None
+            if synthetic is not None and len(synthetic):
+                # Synthetic rows have no true label: importance then follows the teacher's outputs.
+                extra = synthetic[np.sort(np.random.default_rng(ctx.seed + 3).permutation(len(synthetic))[: self.calibration_samples])]
+                x_rows, y_calib = np.concatenate([x_rows, extra]), None
             x_calib = torch.from_numpy(x_rows)
             x_refit = x_calib
             if self.augment == "teacher_mix":
@@ -305,7 +320,6 @@ class PruneChannels(Pass):
                 extra = augment_batch(x_rows, "teacher_mix", np.random.default_rng(ctx.seed), noise_scale=0.0,
                                       pool=np.asarray(train.x, dtype=np.float32))
                 x_refit = torch.from_numpy(np.concatenate([x_rows, extra]))
-            y_calib = torch.from_numpy(train.y[rows].astype("int64")) if train.has_labels else None
         refit: list[str] = []
         for _ in range(self.steps):
             if self.importance == "taylor":
@@ -337,11 +351,6 @@ class PruneChannels(Pass):
             # the tuning data (which is often a skewed sample) while the features recover.
             frozen = set() if self.train_classifier else {id(p) for m in ignored for p in m.parameters()}
             trainable = [p for p in module.parameters() if id(p) not in frozen]
-            synthetic = None
-            if self.synthetic > 0 and self.epochs > 0:
-                pool = np.asarray(training_data(model, ctx)[0].x, dtype=np.float32)
-                synthetic = synthesize_for_classes(teacher, pool, int(round(self.synthetic * len(pool))),
-                                                   np.random.default_rng(ctx.seed + 2))
             config = fine_tune_config(self.epochs, self.lr, **({"augment": self.augment} | ctx.options.get("fine_tune", {})))
             report = recover(module, model, ctx, config, callbacks=Callbacks(extra_loss=hints), trainable=trainable,
                              extra_inputs=synthetic)
