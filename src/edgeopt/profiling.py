@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError, UnsupportedModelError, first_line
+from .errors import ConfigError, first_line
 
 # Ops whose cost is one operation per output element.
 _ELEMENTWISE = frozenset({
@@ -721,7 +721,7 @@ def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liv
 def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: int = 1, runs: int = 50,
                     warmup: int = 5, dims: Mapping[str, int] | None = None) -> LatencyProfile:
     """Per-node latency shares from ONNX Runtime's profiler (the trace file goes to a temp dir)."""
-    import onnxruntime as ort
+    from .model import make_session
 
     handle, proto = _onnx_model(model)
     if threads < 1:
@@ -731,17 +731,7 @@ def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: 
     feeds = dict(inputs) if inputs is not None else handle.example_inputs(batch=1, dims=_check_dims(handle, dims))
     feeds = handle._feeds(feeds)
     with tempfile.TemporaryDirectory(prefix="edgeopt-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        try:
-            session = ort.InferenceSession(handle.onnx_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {first_line(e)}") from e
+        session = make_session(handle.onnx_bytes, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
         for _ in range(warmup + runs):
             session.run(None, feeds)
         trace_path = session.end_profiling()
