@@ -268,6 +268,9 @@ class Profile:
         summary.add_row("weight bytes", f"{self.weight_bytes:,} ("
                         + ", ".join(f"{k}: {v:,}" for k, v in self.weight_bytes_by_dtype.items()) + ")")
         summary.add_row(f"MACs{scope}", f"{self.macs:,}")
+        if self.macs_by_dtype:
+            summary.add_row("multiply-accumulates by type",
+                            ", ".join(f"{k}: {v:,}" for k, v in self.macs_by_dtype.items()))
         summary.add_row(f"peak activations{scope}",
                         f"{self.activation_peak_bytes:,} bytes at {self.activation_peak_node}")
         summary.add_row("ops", ", ".join(f"{k} {v}" for k, v in self.op_histogram.items()))
