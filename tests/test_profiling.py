@@ -247,6 +247,22 @@ def test_qdq_int8_model_profile_and_search_screening_agree(dscnn, kws_data):
     assert activations - graph_outputs <= set(live.int8_stand_ins)
 
 
+def test_shapes_no_inference_resolves_leave_no_files_behind(tmp_path, monkeypatch):
+    """ORT's symbolic shape inference saves sym_shape_infer_temp.onnx into the working directory
+    when it gives up; profiling (and the search's screening, which reads the same counts) must not."""
+    nodes = [helper.make_node("Relu", ["X"], ["A"], name="relu_a"),
+             helper.make_node("Foo", ["A"], ["B"], name="custom", domain="my.domain"),
+             helper.make_node("Relu", ["B"], ["Y"], name="relu_y")]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)])
+    monkeypatch.chdir(tmp_path)
+    p = profile(edgeopt.load(model), measure=False)
+    assert list(tmp_path.iterdir()) == []
+    assert any("symbolic shape inference failed" in note for note in p.notes)
+    assert {n.name: n.macs for n in p.nodes}["relu_a"] == 4  # what can be counted still is
+
+
 def test_shapes_missing_after_inference_are_learned_by_running(dscnn):
     from edgeopt.profiling import _measured_shapes
 

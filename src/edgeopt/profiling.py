@@ -462,9 +462,7 @@ def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
     symbolic_failure = None
     if missing:
         try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            symbolic = SymbolicShapeInference.infer_shapes(work, auto_merge=True, guess_output_rank=False)
+            symbolic = _symbolic_shape_inference(work)
             more_shapes, more_types = _collect_shapes(symbolic.graph)
             for k, v in more_shapes.items():
                 shapes.setdefault(k, v)
@@ -491,6 +489,28 @@ def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
         shapes[name] = const.dims
         types[name] = const.elem_type
     return _Shapes(shapes, types, per_sample, notes)
+
+
+def _symbolic_shape_inference(proto):
+    """ONNX Runtime's symbolic shape inference, without its side effect.
+
+    ``SymbolicShapeInference.infer_shapes`` saves ``sym_shape_infer_temp.onnx`` (plus external
+    data files) into the current directory whenever some shape stays unknown, then raises; profiling
+    a model must not litter the user's folder. These are the steps of that method minus the save;
+    if a future ONNX Runtime renames them, the AttributeError lands in the caller's fallback
+    (shapes measured by running the model), which a note then reports.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    complete = False
+    inference._preprocess(proto)
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not complete:
+        raise RuntimeError("incomplete symbolic shape inference")
+    return inference.out_mp_
 
 
 def _measured_shapes(work, missing: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
