@@ -21,6 +21,12 @@ sys.path.insert(0, str(ROOT / "src"))
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
 
 
+def repo_relative(text: str) -> str:
+    """Stored results are committed with the repo, so they name files relative to its root (as the
+    command line above does), not by the absolute path of whichever checkout ran the benchmark."""
+    return text.replace(str(SHARED), "../shared/data").replace(f"{ROOT}/", "")
+
+
 def vww_inputs() -> np.ndarray:
     from PIL import Image
 
@@ -30,6 +36,7 @@ def vww_inputs() -> np.ndarray:
 
 def main() -> None:
     import edgeopt
+    from edgeopt._io import write_text_atomic
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", default="ic,kws,vww")
@@ -77,7 +84,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     summary_path = Path(args.out) / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary_path.write_text(json.dumps({**previous, **summary}, indent=2, default=float))
+    write_text_atomic(summary_path, repo_relative(json.dumps({**previous, **summary}, indent=2, default=float)))
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ def test_qdq_conv_reports_int8_precision():
     assert p.parameters == 8 * 3 * 3 * 3  # scales and zero points are not parameters
     assert rows["dq_w"].macs == 0  # weights are dequantized once at load time
     assert rows["q_x"].macs == 3 * 10 * 10
+    assert p.macs_by_dtype == {"int8": rows["conv"].macs}  # a Conv fed by DequantizeLinear is an int8 kernel
 
 
 def test_symbolic_shape_fallback_for_contrib_ops():
@@ -209,6 +210,70 @@ def test_symbolic_shape_fallback_for_contrib_ops():
     assert rows["relu"].output_shapes == ((1, n),) and rows["relu"].macs == n
     assert (p.activation_peak_bytes, p.activation_peak_node) == ((k + n) * 4, "matmul4")  # A and Y
     assert not p.notes
+
+
+def test_qdq_int8_model_profile_and_search_screening_agree(dscnn, kws_data):
+    """quantize.int8 on real data: `edgeopt profile` and the search's static screening read one
+    implementation, count the QDQ convolutions as int8 MACs and the int8 activations at 1 byte."""
+    from edgeopt.data import fit_to_model
+    from edgeopt.passes.base import PassContext, make_pass
+    from edgeopt.search._static import static_figures
+
+    quantized = make_pass("quantize.int8", {})(dscnn, PassContext(calib=fit_to_model(kws_data, dscnn).take(0, 64))).model
+    proto = quantized.proto()
+    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) > 10  # a real QDQ graph
+
+    p, screened = profile(quantized, measure=False), static_figures(quantized)
+    float_p = profile(dscnn, measure=False)
+    assert p.macs_by_dtype == screened.macs_by_dtype == {"int8": float_p.macs_by_dtype["fp32"]} == {"int8": 2_656_768}
+    assert p.activation_peak_bytes == screened.activation_peak_bytes
+    assert p.weight_bytes == screened.weight_bytes
+    # DS-CNN's peak: two 64-channel 25x5 feature maps, 4 bytes each as float, 1 byte each as int8
+    assert float_p.activation_peak_bytes == 2 * 64 * 25 * 5 * 4
+    assert p.activation_peak_bytes == 2 * 64 * 25 * 5
+
+    live = activation_liveness(quantized)
+    quantized_tensors = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    graph_outputs = {o.name for o in proto.graph.output}  # the caller receives these as float
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"} - graph_outputs
+    assert quantized_tensors <= set(live.tensors)
+    for name in quantized_tensors:
+        tensor = live.tensors[name]
+        shape = next(v for v in onnx.shape_inference.infer_shapes(proto).graph.value_info if v.name == name)
+        assert tensor.bytes == math.prod(d.dim_value or 1 for d in shape.type.tensor_type.shape.dim)  # 1 byte each
+    assert not dequantized & set(live.tensors)  # the float copies int8 kernels never make
+    weights = {t.name for t in proto.graph.initializer}
+    activations = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in weights}
+    assert activations - graph_outputs <= set(live.int8_stand_ins)
+
+
+def test_shapes_no_inference_resolves_leave_no_files_behind(tmp_path, monkeypatch):
+    """ORT's symbolic shape inference saves sym_shape_infer_temp.onnx into the working directory
+    when it gives up; profiling (and the search's screening, which reads the same counts) must not."""
+    nodes = [helper.make_node("Relu", ["X"], ["A"], name="relu_a"),
+             helper.make_node("Foo", ["A"], ["B"], name="custom", domain="my.domain"),
+             helper.make_node("Relu", ["B"], ["Y"], name="relu_y")]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)])
+    monkeypatch.chdir(tmp_path)
+    p = profile(edgeopt.load(model), measure=False)
+    assert list(tmp_path.iterdir()) == []
+    assert any("symbolic shape inference failed" in note for note in p.notes)
+    assert {n.name: n.macs for n in p.nodes}["relu_a"] == 4  # what can be counted still is
+
+
+def test_shapes_missing_after_inference_are_learned_by_running(dscnn):
+    from edgeopt.profiling import _measured_shapes
+
+    proto = dscnn.proto()
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    measured = _measured_shapes(proto, [conv.output[0]])  # as if shape inference had given up on it
+    shape, elem_type = measured[conv.output[0]]
+    inferred = onnx.shape_inference.infer_shapes(dscnn.proto())
+    reference = next(v for v in inferred.graph.value_info if v.name == conv.output[0])
+    assert shape[0] == 1 and list(shape[1:]) == [d.dim_value for d in reference.type.tensor_type.shape.dim][1:]
+    assert elem_type == TensorProto.FLOAT
 
 
 # ------------------------------------------------------------------------------------------------

@@ -423,8 +423,14 @@ class ModelHandle:
         return f"ModelHandle({self.name!r}, {self.source_format}, inputs=[{ins}], {self.size_bytes} bytes)"
 
 
-def make_session(model: bytes | str | os.PathLike, *, threads: int = 1, optimize: bool = True, profile: bool = False):
-    """An ONNX Runtime CPU session with a fixed thread count (measurements must be repeatable)."""
+def make_session(model: bytes | str | os.PathLike, *, threads: int = 1, optimize: bool = True,
+                 profile_prefix: str | os.PathLike | None = None):
+    """An ONNX Runtime CPU session with a fixed thread count (measurements must be repeatable).
+
+    ``optimize=False`` turns ONNX Runtime's graph optimizations off (every original tensor stays
+    observable). ``profile_prefix`` turns ONNX Runtime's profiler on; the JSON trace is written to
+    ``<profile_prefix>_<timestamp>.json`` and ``session.end_profiling()`` returns its path.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -434,8 +440,9 @@ def make_session(model: bytes | str | os.PathLike, *, threads: int = 1, optimize
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if profile:
+    if profile_prefix is not None:
         so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own untyped exceptions

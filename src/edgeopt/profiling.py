@@ -13,6 +13,11 @@ accumulate; ops that do not multiply-accumulate count one operation per unit of 
 reported in the same column: pooling one per window element, elementwise ops one per output
 element, BatchNormalization one per element (scale and shift fuse into one MAC), Softmax three
 per element (exp, sum, divide). Data movement (Reshape, Transpose, Concat...) counts zero.
+
+QDQ graphs are counted as the int8 kernels runtimes make of them: a Conv/MatMul fed by
+DequantizeLinear multiply-accumulates in int8 (``Profile.macs_by_dtype``), and the activation
+liveness plan holds the int8 tensors (1 byte per element) instead of the float ones around them.
+``graph_counts`` is the single implementation; the search's static screening reads it too.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import os
 import statistics
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ConfigError, UnsupportedModelError, first_line
+from .errors import ConfigError, first_line
 
 # Ops whose cost is one operation per output element.
 _ELEMENTWISE = frozenset({
@@ -66,6 +71,14 @@ _METADATA_INPUTS: dict[str, frozenset[int]] = {
 _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1,
                  "QLinearConv": 3, "QLinearMatMul": 3, "MatMulNBits": 1, "LSTM": 1, "GRU": 1, "RNN": 1,
                  "Gather": 0}
+# Ops whose work is multiply-accumulates: what published MAC counts and the targets' cost models
+# mean by MACs (``Profile.macs`` also counts the operations of the other ops, see above).
+_MULTIPLY_ACCUMULATE = frozenset({
+    "Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MatMul", "Gemm", "MatMulInteger", "QLinearMatMul",
+    "DynamicQuantizeMatMul", "FusedMatMul", "MatMulNBits", "LSTM", "GRU", "RNN",
+})
+# ... of which these multiply-accumulate in integer arithmetic whatever their float inputs.
+_INTEGER_MAC_OPS = frozenset({"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul"})
 # Bits per element of sub-byte types (the rest take numpy's itemsize).
 _SUB_BYTE_BITS = {21: 4, 22: 4, 23: 4}  # UINT4, INT4, FLOAT4E2M1
 
@@ -119,13 +132,15 @@ class Liveness:
     step of its last consumer; graph inputs are live from the first step, graph outputs to the last.
     ``live_bytes[i]`` is the total size of tensors live while node ``i`` runs (its inputs and
     outputs included). Tensors whose shape stays unknown count 0 bytes and are listed in
-    ``unknown_size``.
+    ``unknown_size``. In a QDQ graph the float tensors that int8 kernels never materialize are
+    not in ``tensors``; ``int8_stand_ins`` maps each to the int8 tensor(s) held in its place.
     """
 
     order: tuple[str, ...]
     live_bytes: tuple[int, ...]
     tensors: Mapping[str, TensorLife]
     unknown_size: tuple[str, ...] = ()
+    int8_stand_ins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def peak_index(self) -> int:
@@ -147,7 +162,8 @@ class Liveness:
         return {"peak_bytes": self.peak_bytes, "peak_node": self.peak_node, "peak_index": self.peak_index,
                 "live_bytes": dict(zip(self.order, self.live_bytes)),
                 "tensors": {k: {"bytes": t.bytes, "first": t.first, "last": t.last} for k, t in self.tensors.items()},
-                "unknown_size": list(self.unknown_size)}
+                "unknown_size": list(self.unknown_size),
+                "int8_stand_ins": {k: list(v) for k, v in self.int8_stand_ins.items()}}
 
 
 @dataclass(frozen=True)
@@ -188,6 +204,7 @@ class Profile:
     weight_bytes_by_dtype: Mapping[str, int]
     macs: int
     macs_by_op_type: Mapping[str, int]
+    macs_by_dtype: Mapping[str, int]
     per_sample: bool
     activation_peak_bytes: int
     activation_peak_node: str | None
@@ -204,7 +221,8 @@ class Profile:
             "totals": {
                 "parameters": self.parameters, "weight_bytes": self.weight_bytes,
                 "weight_bytes_by_dtype": dict(self.weight_bytes_by_dtype), "macs": self.macs,
-                "macs_by_op_type": dict(self.macs_by_op_type), "per_sample": self.per_sample,
+                "macs_by_op_type": dict(self.macs_by_op_type), "macs_by_dtype": dict(self.macs_by_dtype),
+                "per_sample": self.per_sample,
                 "activation_peak_bytes": self.activation_peak_bytes,
                 "activation_peak_node": self.activation_peak_node, "nodes": len(self.nodes),
             },
@@ -220,8 +238,11 @@ class Profile:
                         "Softmax 3 per element; data movement 0",
                 "per_sample": "dynamic dimensions set to 1 (figures are per sample)" if self.per_sample
                               else "static input shapes as declared",
+                "macs_by_dtype": "multiply-accumulates only (Conv/Gemm/MatMul/RNN), by arithmetic type; a QDQ "
+                                 "layer (input from DequantizeLinear) counts as int8",
                 "activation_peak_bytes": "execution-order liveness plan, graph order, no in-place reuse; "
-                                         "weights excluded",
+                                         "weights excluded; in QDQ graphs the int8 tensors count, not the float "
+                                         "tensors int8 kernels never materialize",
             },
         }
 
@@ -247,6 +268,9 @@ class Profile:
         summary.add_row("weight bytes", f"{self.weight_bytes:,} ("
                         + ", ".join(f"{k}: {v:,}" for k, v in self.weight_bytes_by_dtype.items()) + ")")
         summary.add_row(f"MACs{scope}", f"{self.macs:,}")
+        if self.macs_by_dtype:
+            summary.add_row("multiply-accumulates by type",
+                            ", ".join(f"{k}: {v:,}" for k, v in self.macs_by_dtype.items()))
         summary.add_row(f"peak activations{scope}",
                         f"{self.activation_peak_bytes:,} bytes at {self.activation_peak_node}")
         summary.add_row("ops", ", ".join(f"{k} {v}" for k, v in self.op_histogram.items()))
@@ -438,9 +462,7 @@ def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
     symbolic_failure = None
     if missing:
         try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            symbolic = SymbolicShapeInference.infer_shapes(work, auto_merge=True, guess_output_rank=False)
+            symbolic = _symbolic_shape_inference(work)
             more_shapes, more_types = _collect_shapes(symbolic.graph)
             for k, v in more_shapes.items():
                 shapes.setdefault(k, v)
@@ -467,6 +489,28 @@ def _static_shapes(proto, dims: Mapping[str, int] | None = None) -> _Shapes:
         shapes[name] = const.dims
         types[name] = const.elem_type
     return _Shapes(shapes, types, per_sample, notes)
+
+
+def _symbolic_shape_inference(proto):
+    """ONNX Runtime's symbolic shape inference, without its side effect.
+
+    ``SymbolicShapeInference.infer_shapes`` saves ``sym_shape_infer_temp.onnx`` (plus external
+    data files) into the current directory whenever some shape stays unknown, then raises; profiling
+    a model must not litter the user's folder. These are the steps of that method minus the save;
+    if a future ONNX Runtime renames them, the AttributeError lands in the caller's fallback
+    (shapes measured by running the model), which a note then reports.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    complete = False
+    inference._preprocess(proto)
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not complete:
+        raise RuntimeError("incomplete symbolic shape inference")
+    return inference.out_mp_
 
 
 def _measured_shapes(work, missing: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
@@ -547,11 +591,11 @@ def _node_macs(node, shapes: Mapping[str, tuple[int, ...]], constants: Mapping[s
         x, w = shape(0), shape(1)
         # weight is (Cin, Cout/groups, *kernel): each input element scatters into Cout/groups * prod(kernel)
         return None if x is None or w is None else math.prod(x) * math.prod(w[1:])
-    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"):
+    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "FusedMatMul", "DynamicQuantizeMatMul"):
         a = shape(0)
         if a is None or out_numel is None:
             return None
-        k = a[0] if (op == "Gemm" and _attr(node, "transA", 0)) else a[-1]
+        k = a[-2] if _attr(node, "transA", 0) else a[-1]  # Gemm's / FusedMatMul's transposed A
         return out_numel * k
     if op == "MatMulNBits":
         return None if out_numel is None else out_numel * int(_attr(node, "K"))
@@ -617,6 +661,83 @@ def _precision(node, producers: Mapping[str, Any], constants: Mapping[str, _Cons
     return "unknown"
 
 
+def _mac_dtype(node, producers: Mapping[str, Any], types: Mapping[str, int]) -> str:
+    """Arithmetic type of a multiply-accumulate node, named as targets name them (fp32, int8...).
+
+    A float Conv/MatMul whose input comes from DequantizeLinear is a QDQ layer: runtimes run it as
+    an integer kernel on the tensor behind the DequantizeLinear, so its MACs have that type.
+    """
+    from .target import canonical_dtype
+
+    if node.op_type in _INTEGER_MAC_OPS:
+        return "int8"
+    name = node.input[0] if node.input else ""
+    source = producers.get(name)
+    default = "fp32"
+    if source is not None and source.op_type == "DequantizeLinear":
+        name, default = source.input[0], "int8"
+    elem_type = types.get(name)
+    if not elem_type:
+        return default
+    try:
+        return canonical_dtype(_dtype_name(elem_type))
+    except ConfigError:  # e.g. float64: no target's cost model has a figure for it; the nearest is used
+        return default
+
+
+@dataclass(frozen=True)
+class GraphCounts:
+    """The static counts of one graph, computed once for both :func:`profile` and the search's
+    screening and estimates (``edgeopt.search._static``), so the two never disagree.
+
+    ``macs`` is per node (MACs, or operations for ops that do not multiply-accumulate; see the
+    module docstring); ``mac_dtypes`` names the arithmetic type of each multiply-accumulate node
+    (QDQ layers are int8); ``uncounted`` the nodes whose count is unknown (op or shape).
+    """
+
+    names: tuple[str, ...]
+    shapes: _Shapes
+    constants: Mapping[str, _Constant]
+    macs: Mapping[str, int]
+    uncounted: tuple[str, ...]
+    mac_dtypes: Mapping[str, str]
+    liveness: Liveness
+
+    @property
+    def macs_by_dtype(self) -> dict[str, int]:
+        """Multiply-accumulates only (no elementwise or pooling operations), by arithmetic type."""
+        out: dict[str, int] = defaultdict(int)
+        for name, dtype in self.mac_dtypes.items():
+            if name not in self.uncounted:
+                out[dtype] += self.macs[name]
+        return dict(out)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of every constant: initializers and Constant-node tensors."""
+        return sum(_nbytes(c.numel, c.elem_type) for c in self.constants.values())
+
+
+def graph_counts(model, dims: Mapping[str, int] | None = None) -> GraphCounts:
+    """Shapes, per-node MACs and their arithmetic types, constants and the activation liveness plan of
+    ``model`` (a path or a ModelHandle) with dynamic dimensions at 1 (or ``dims[name]``)."""
+    handle, proto = _onnx_model(model)
+    return _graph_counts(proto, _check_dims(handle, dims))
+
+
+def _graph_counts(proto, dims: Mapping[str, int] | None) -> GraphCounts:
+    graph = proto.graph
+    shapes = _static_shapes(proto, dims)
+    constants = _constants(graph)
+    names = unique_node_names(graph)
+    macs, uncounted = _count_macs(proto, shapes, constants)
+    producers = {o: node for node in graph.node for o in node.output if o}
+    mac_dtypes = {name: _mac_dtype(node, producers, shapes.types)
+                  for name, node in zip(names, graph.node) if node.op_type in _MULTIPLY_ACCUMULATE}
+    return GraphCounts(tuple(names), shapes, constants, macs, tuple(uncounted), mac_dtypes,
+                       _liveness(proto, shapes, constants))
+
+
 def count_macs(model, dims: Mapping[str, int] | None = None) -> dict[str, int]:
     """MACs per node (unique node name -> count; see the module docstring for non-MAC ops).
 
@@ -653,7 +774,7 @@ def _count_macs(proto, shapes: _Shapes, constants) -> tuple[dict[str, int], list
     for name, node in zip(names, proto.graph.node):
         value = _node_macs(node, shapes.shapes, constants)
         if value is None:
-            uncounted.append(f"{name} ({node.op_type})")
+            uncounted.append(name)
             value = 0
         macs[name] = int(value)
     return macs, uncounted
@@ -669,11 +790,52 @@ def activation_liveness(model, dims: Mapping[str, int] | None = None) -> Livenes
     return _liveness(proto, _static_shapes(proto, _check_dims(handle, dims)), _constants(proto.graph))
 
 
+def _int8_stand_ins(graph, constants: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The float tensors of a QDQ graph that never exist in memory, and what stands in for them.
+
+    Runtimes (ONNX Runtime's QDQ fusion, our C generator) run a QDQ graph as int8 kernels, so two
+    kinds of float tensors are never materialized: a DequantizeLinear output (the kernel reads the
+    int8 tensor behind it, which therefore stays live until the kernel's step) and a float output
+    that only QuantizeLinear nodes consume (the kernel writes the int8 result directly, at its own
+    step). Counting them would make every quantized model look larger in RAM than the float one.
+
+    Returns ``(dequantized, requantized)``: DequantizeLinear output -> the int8 tensor it reads
+    (activations, or weights that stay int8 in storage), and float tensor consumed only by
+    QuantizeLinear -> the int8 tensors written in its place. Graph outputs are always real.
+    """
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    dequantized: dict[str, str] = {}
+    requantized: dict[str, list[str]] = {}
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if not out or out in outputs or out in constants:
+            continue
+        if node.op_type == "DequantizeLinear":
+            dequantized[out] = node.input[0]
+            continue
+        users = consumers.get(out, [])
+        if users and all(u.op_type == "QuantizeLinear" for u in users):
+            requantized[out] = [u.output[0] for u in users]
+    return dequantized, requantized
+
+
 def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liveness:
     graph = proto.graph
     names = unique_node_names(graph)
     n = len(graph.node)
     last_step = max(n - 1, 0)
+    dequantized, requantized = _int8_stand_ins(graph, constants)
+    written_early = {q for qs in requantized.values() for q in qs}
+
+    def in_memory(name: str) -> str:
+        while name in dequantized:
+            name = dequantized[name]
+        return name
+
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for value in graph.input:
@@ -682,12 +844,15 @@ def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liv
             last[value.name] = 0
     for i, node in enumerate(graph.node):
         for name in node.input:
+            name = in_memory(name)
             if name in first:
                 last[name] = i
         for name in node.output:
-            if name and name not in constants:
-                first[name] = i
-                last[name] = i
+            if not name or name in constants or name in dequantized or name in written_early:
+                continue
+            for real in requantized.get(name, [name]):
+                first[real] = i
+                last[real] = i
     for value in graph.output:
         if value.name in first:
             last[value.name] = last_step
@@ -711,7 +876,9 @@ def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liv
     for i in range(n):
         running += delta[i]
         live.append(running)
-    return Liveness(tuple(names), tuple(live), tensors, tuple(unknown))
+    stand_ins = {name: (in_memory(name),) for name in dequantized if in_memory(name) in tensors}
+    stand_ins.update({name: tuple(qs) for name, qs in requantized.items()})
+    return Liveness(tuple(names), tuple(live), tensors, tuple(unknown), stand_ins)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -721,7 +888,7 @@ def _liveness(proto, shapes: _Shapes, constants: Mapping[str, _Constant]) -> Liv
 def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: int = 1, runs: int = 50,
                     warmup: int = 5, dims: Mapping[str, int] | None = None) -> LatencyProfile:
     """Per-node latency shares from ONNX Runtime's profiler (the trace file goes to a temp dir)."""
-    import onnxruntime as ort
+    from .model import make_session
 
     handle, proto = _onnx_model(model)
     if threads < 1:
@@ -731,17 +898,7 @@ def measure_latency(model, inputs: Mapping[str, Any] | None = None, *, threads: 
     feeds = dict(inputs) if inputs is not None else handle.example_inputs(batch=1, dims=_check_dims(handle, dims))
     feeds = handle._feeds(feeds)
     with tempfile.TemporaryDirectory(prefix="edgeopt-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        try:
-            session = ort.InferenceSession(handle.onnx_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {first_line(e)}") from e
+        session = make_session(handle.onnx_bytes, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
         for _ in range(warmup + runs):
             session.run(None, feeds)
         trace_path = session.end_profiling()
@@ -886,11 +1043,10 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
     if metric is not None and data is None:
         raise ConfigError("metric needs data: give data= (e.g. an .npz path) or drop metric")
     dims = _check_dims(handle, dims)
-    shapes = _static_shapes(proto, dims)
-    constants = _constants(graph)
-    names = unique_node_names(graph)
-    macs, uncounted = _count_macs(proto, shapes, constants)
-    liveness = _liveness(proto, shapes, constants)
+    counts = _graph_counts(proto, dims)
+    shapes, constants, names, macs, liveness = counts.shapes, counts.constants, counts.names, counts.macs, counts.liveness
+    op_of = dict(zip(names, (node.op_type for node in graph.node)))
+    uncounted = [f"{name} ({op_of[name]})" for name in counts.uncounted]
     parameter_inputs = _parameter_inputs(graph, constants)
     producers = {o: node for node in graph.node for o in node.output if o}
 
@@ -964,6 +1120,7 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
         weight_bytes_by_dtype=dict(sorted(weight_bytes_by_dtype.items(), key=lambda kv: -kv[1])),
         macs=sum(macs.values()),
         macs_by_op_type=dict(sorted(macs_by_op.items(), key=lambda kv: -kv[1])),
+        macs_by_dtype=counts.macs_by_dtype,
         per_sample=shapes.per_sample,
         activation_peak_bytes=liveness.peak_bytes,
         activation_peak_node=liveness.peak_node,

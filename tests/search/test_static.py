@@ -4,7 +4,6 @@ activation liveness is right on graphs checked by hand, QDQ models are counted a
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import edgeopt
@@ -70,17 +69,3 @@ def test_unsupported_ops_and_dtypes():
     assert f.macs_by_dtype == {"fp16": 16}
     assert unsupported_on(Target.parse("cortex-m4"), f) == ["op:Erf", "dtype:fp16"]
     assert unsupported_on(Target.parse("host"), f) == []
-
-
-def test_shapes_missing_after_inference_are_learned_by_running(dscnn):
-    from edgeopt.search._static import _fill_shapes_by_running
-
-    proto = dscnn.proto()
-    del proto.graph.value_info[:]          # as if ONNX shape inference had given up on every tensor
-    _fill_shapes_by_running(dscnn, proto)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
-    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
-    assert shapes[conv.output[0]][0] == 1 and len(shapes[conv.output[0]]) == 4
-    inferred = onnx.shape_inference.infer_shapes(dscnn.proto())
-    reference = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
-    assert shapes[conv.output[0]][1:] == reference[conv.output[0]][1:]
