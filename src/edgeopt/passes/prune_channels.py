@@ -331,7 +331,6 @@ class PruneChannels(Pass):
 
         import numpy as np
         import torch
-        import torch_pruning as tp
         from torch import nn
 
         from ..torch_twin import example_input, export, to_torch
