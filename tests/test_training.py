@@ -98,3 +98,26 @@ def test_teacher_mix_keeps_shape_and_leaves_the_source_rows(kws_data):
     out = teacher_mix(x, np.random.default_rng(0), noise_scale=0.0)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert np.mean(np.abs(out - x).reshape(len(x), -1).max(1) > 1e-3) > 0.9
+
+
+def test_keep_start_returns_the_starting_weights_when_no_epoch_beats_them():
+    """Fine-tuning that only makes the model worse (here: an absurd learning rate) must not win over
+    the starting weights when keep_start is set."""
+    import torch
+
+    from edgeopt.data import Dataset
+    from edgeopt.training import FineTune, fine_tune
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 8)).astype("float32")
+    w = rng.standard_normal((8, 3)).astype("float32")
+    y = (x @ w).argmax(1)
+    net = torch.nn.Linear(8, 3)
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(w.T))
+        net.bias.zero_()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    config = FineTune(epochs=2, lr=5.0, max_relative_step=100.0, progress=False, augment="none", keep_start=True)
+    report = fine_tune(net, Dataset(x, y), config=config)
+    assert report.start_score == 1.0 and report.best_epoch == -1
+    assert all(torch.equal(start[k], v) for k, v in net.state_dict().items())

@@ -135,7 +135,7 @@ class LowRank(Pass):
         if hasattr(module, "recompile"):
             module.recompile()
         macs_after, params_after = macs_and_params(module, example)
-        report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **ctx.options.get("fine_tune", {})))
+        report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **({"keep_start": True} | ctx.options.get("fine_tune", {}))))
         new = export(module, model, self.record(), seed=ctx.seed)
         return PassResult(new, {
             "ranks": ranks, "layers_factorized": len(ranks),
