@@ -185,3 +185,13 @@ def test_three_by_three_refit_recovers_a_pruned_resnet8(resnet8, cifar):
     assert refit.stats["reconstructed_layers"] >= 8
     assert agree_refit > agree_plain + 0.15, (agree_plain, agree_refit)
     assert np.mean(reference == labels) - np.mean(refit.model.predict(held_out)[0].argmax(1) == labels) < 0.04
+
+
+def test_ratio_that_removes_no_channel_is_refused_before_any_work(resnet8):
+    """3% of 16/32/64 channels rounds back to the full count at round_to=8: a PassError (the search
+    prunes the trial) instead of the input model re-trained at full cost."""
+    from edgeopt.errors import PassError
+    from edgeopt.passes.base import PassContext
+
+    with pytest.raises(PassError, match="removes no channel"):
+        PruneChannels(ratio=0.03, epochs=3)(resnet8, PassContext())

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PassError
 from ..training import AUGMENTATIONS, Callbacks, augment_batch, fine_tune_config, recover, synthesize_for_classes
 from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 
@@ -326,6 +326,29 @@ class PruneChannels(Pass):
             return tp.importance.MagnitudeImportance(p=2)
         return tp.importance.TaylorImportance()
 
+    def _check_removes_channels(self, module, example, ignored) -> None:
+        """Refuse, before any synthesis or training, a ratio too small to remove one rounded block of
+        channels: the result would be the input model, re-trained at full cost (a search trial wasted).
+
+        A dry run with magnitude importance on a copy: it decides how many channels each layer loses
+        exactly for ``scope="layer"``; for global scope the allocation may differ, but a ratio that
+        removes nothing under one importance is at the rounding threshold under any.
+        """
+        import copy
+
+        import torch_pruning as tp
+
+        dry = copy.deepcopy(module)
+        before = conv_channels(dry)
+        ignored_dry = [dict(dry.named_modules())[n] for n, m in module.named_modules() if any(m is i for i in ignored)]
+        _nearest_rounding_pruner()(
+            dry, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=float(self.ratio),
+            global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored_dry,
+            round_to=self.round_to if self.round_to > 1 else None, iterative_steps=1).step()
+        if conv_channels(dry) == before:
+            raise PassError(f"{self.name}: ratio {self.ratio:g} removes no channel once channel counts are rounded "
+                            f"to multiples of {self.round_to}; use a larger ratio or a smaller round_to")
+
     def run(self, model, ctx: PassContext) -> PassResult:
         import copy
 
@@ -346,22 +369,23 @@ class PruneChannels(Pass):
             module, example, importance=self._importance(), pruning_ratio=float(self.ratio),
             global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored,
             round_to=self.round_to if self.round_to > 1 else None, iterative_steps=self.steps)
+        self._check_removes_channels(module, example, ignored)
         needs_teacher = self.reconstruct or (self.epochs > 0 and (self.feature_weight > 0 or self.synthetic > 0))
         teacher = to_torch(model) if needs_teacher else None
         kept = {n: list(range(c)) for n, c in channels_before.items()}
-        x_calib = None
+        train = training_data(model, ctx)[0] if (self.reconstruct or self.importance == "taylor"
+                                                  or (self.synthetic > 0 and self.epochs > 0)) else None
         synthetic = None
-        if self.synthetic > 0 and (self.reconstruct or self.epochs > 0 or self.importance == "taylor"):
+        if self.synthetic > 0 and (self.reconstruct or self.epochs > 0):
             # Balanced over the classes even when the tuning rows are not: used for the importance
             # scores, the refit and the fine-tuning, so none of them favours the tuning rows' classes.
-            pool = np.asarray(training_data(model, ctx)[0].x, dtype=np.float32)
+            pool = np.asarray(train.x, dtype=np.float32)
             count = int(round(self.synthetic * len(pool)))
             if self.epochs == 0:
                 count = min(count, self.calibration_samples)  # only the importance scores and the refit read them
-            synthetic = synthesize_for_classes(teacher if teacher is not None else to_torch(model), pool, count,
-                                               np.random.default_rng(ctx.seed + 2))
+            synthetic = synthesize_for_classes(teacher, pool, count, np.random.default_rng(ctx.seed + 2))
+        x_calib = None
         if self.reconstruct or self.importance == "taylor":
-            train, _ = training_data(model, ctx)
             rows = np.sort(np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples])
             x_rows = np.ascontiguousarray(train.x[rows], dtype=np.float32)
             y_calib = torch.from_numpy(train.y[rows].astype("int64")) if train.has_labels else None
