@@ -195,3 +195,28 @@ def test_ratio_that_removes_no_channel_is_refused_before_any_work(resnet8):
 
     with pytest.raises(PassError, match="removes no channel"):
         PruneChannels(ratio=0.03, epochs=3)(resnet8, PassContext())
+
+
+def test_depthwise_refit_recovers_the_original_filters(dscnn, kws_data):
+    """Per-channel least squares for depthwise convs: refitting an unpruned DS-CNN must give back its
+    own depthwise filters (the fit is exact when nothing was removed), and they are in the refit list."""
+    import torch
+
+    from edgeopt.passes.prune_channels import _is_depthwise, conv_channels, reconstruct
+    from edgeopt.torch_twin import to_torch
+
+    student, teacher = to_torch(dscnn), to_torch(dscnn)
+    depthwise = {n: m.weight.detach().clone() for n, m in student.named_modules() if _is_depthwise(m)}
+    assert len(depthwise) == 4
+    with torch.no_grad():  # move the filters away, so that a refit that does nothing is caught
+        for n, m in student.named_modules():
+            if n in depthwise:
+                m.weight.mul_(0.5)
+    x = torch.from_numpy(np.ascontiguousarray(kws_data.x[::10], dtype=np.float32))
+    kept = {n: list(range(c)) for n, c in conv_channels(student).items()}
+    refit = reconstruct(student, teacher, kept, x)
+    assert set(depthwise) <= set(refit)
+    for n, m in student.named_modules():
+        if n in depthwise:
+            # the relative ridge (1e-4) shrinks a nearly dead channel slightly: within 0.02 of filters up to ~1
+            np.testing.assert_allclose(m.weight.detach().numpy(), depthwise[n].numpy(), atol=0.02)

@@ -141,8 +141,13 @@ def _is_refittable(m) -> bool:
 
     if isinstance(m, nn.Linear):
         return True
-    return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+    return (isinstance(m, nn.Conv2d) and (m.groups == 1 or _is_depthwise(m)) and m.padding_mode == "zeros"
             and not isinstance(m.padding, str))
+
+
+def _is_depthwise(m) -> bool:
+    """A Conv2d with one filter per input channel (channel multiplier 1)."""
+    return getattr(m, "groups", 1) > 1 and m.groups == m.in_channels == m.out_channels
 
 
 def _capture(module, names, x, *, inputs: bool):
@@ -232,7 +237,16 @@ def reconstruct(student, teacher, kept: dict[str, list[int]], x, *, max_rows: in
         if got is None or name not in targets:
             continue
         features, target = _patches(m, got, targets[name].index_select(1, torch.tensor(kept[name])), max_rows, rng)
-        if features is None or features.shape[1] != m.weight[0].numel():
+        if features is None:
+            continue
+        if _is_depthwise(m):
+            # One small fit per channel: its output reads only its own input patch.
+            if features.shape[1] != m.weight.numel():
+                continue
+            _refit_depthwise(m, features, target, ridge)
+            done.append(name)
+            continue
+        if features.shape[1] != m.weight[0].numel():
             continue
         design = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], 1)
         gram = design.T @ design
@@ -248,6 +262,24 @@ def reconstruct(student, teacher, kept: dict[str, list[int]], x, *, max_rows: in
             m.bias.copy_(solution[-1].float())
         done.append(name)
     return done
+
+
+def _refit_depthwise(m, features, target, ridge: float) -> None:
+    """Per-channel least squares for a depthwise conv: ``features`` (rows, channels * kh * kw) laid
+    out channel-major as unfold gives it, ``target`` (rows, channels)."""
+    import torch
+
+    channels = m.out_channels
+    patch = features.reshape(len(features), channels, -1)
+    design = torch.cat([patch, torch.ones(len(features), channels, 1, dtype=patch.dtype)], 2)  # n, c, k + 1
+    gram = torch.einsum("nci,ncj->cij", design, design)
+    shrink = ridge * torch.diagonal(gram, dim1=1, dim2=2).clone()
+    shrink[:, -1] = 0
+    gram = gram + torch.diag_embed(shrink + 1e-12)
+    solution = torch.linalg.solve(gram, torch.einsum("nci,nc->ci", design, target)[..., None])[..., 0]  # c, k + 1
+    with torch.no_grad():
+        m.weight.copy_(solution[:, :-1].reshape(m.weight.shape).float())
+        m.bias.copy_(solution[:, -1].float())
 
 
 def conv_channels(module) -> dict[str, int]:
