@@ -59,12 +59,13 @@ def ort_int8(handle, calib_x: np.ndarray):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=0.15)
-    parser.add_argument("--importance", default="taylor")
+    parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument("--importance", default="l2")
     parser.add_argument("--scope", default="global", choices=["global", "layer"])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--synthetic", type=float, default=1.0,
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--synthetic", type=float, default=2.0,
                         help="teacher-guided synthetic rows per tuning row (covers classes absent from the tuning rows)")
     parser.add_argument("--augment", default="auto")
     parser.add_argument("--feature-weight", type=float, default=5.0)
@@ -105,7 +106,7 @@ def main() -> None:
 
     base = evaluate(original)
     ctx = PassContext(tune=tune, teacher=original, seed=args.seed,
-                      options={"fine_tune": {"alpha": args.alpha, "progress": False}})
+                      options={"fine_tune": {"alpha": args.alpha, "patience": args.patience, "progress": False}})
     pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs, "scope": args.scope,
                                           "lr": args.lr, "feature_weight": args.feature_weight,
                                           "synthetic": args.synthetic, "augment": args.augment})(original, ctx)
