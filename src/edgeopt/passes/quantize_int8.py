@@ -78,8 +78,10 @@ class QuantizeInt8(Pass):
 
     @classmethod
     def search_space(cls):
+        # ORT's "distribution" method sizes ranges for float8: on int8 it lost 72-86 pt in every
+        # search trial that drew it (KWS and ResNet-8), so the search never offers it.
         return {
-            "calibration": Choice(calibration.METHODS),
+            "calibration": Choice(tuple(m for m in calibration.METHODS if m != "distribution")),
             "samples": IntRange(32, 1024, log=True),
             "percentile": FloatRange(99.9, 99.9999),
             "per_channel": Choice((True, False)),
