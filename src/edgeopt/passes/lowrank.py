@@ -77,11 +77,14 @@ class LowRank(Pass):
     requires: ClassVar[frozenset[str]] = frozenset({"torch"})
     description: ClassVar[str] = "SVD low-rank factorization (Linear; Conv as reshaped kernel) + fine-tuning"
 
-    def __init__(self, *, energy: float = 0.9, mac_fraction: float | None = None, epochs: int = 3, lr: float = 5e-4):
+    def __init__(self, *, energy: float = 0.9, mac_fraction: float | None = None, epochs: int = 3, lr: float = 5e-4,
+                 reconstruct: bool = True, calibration_samples: int = 512):
         self.energy = energy
         self.mac_fraction = mac_fraction
         self.epochs = epochs
         self.lr = lr
+        self.reconstruct = reconstruct
+        self.calibration_samples = calibration_samples
 
     @classmethod
     def search_space(cls):
@@ -97,6 +100,10 @@ class LowRank(Pass):
             raise ConfigError(f"{self.name}: parameter 'mac_fraction' must be None or a fraction in (0, 1); got {self.mac_fraction!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise ConfigError(f"{self.name}: parameter 'epochs' must be an int >= 0; got {self.epochs!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError(f"{self.name}: parameter 'reconstruct' must be true or false; got {self.reconstruct!r}")
+        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise ConfigError(f"{self.name}: parameter 'calibration_samples' must be an int >= 1; got {self.calibration_samples!r}")
         fine_tune_config(self.epochs, self.lr).validate()
 
     def choose_rank(self, layer) -> int | None:
@@ -115,6 +122,29 @@ class LowRank(Pass):
         if rank >= full or rank * (in_dim + out_dim) >= out_dim * in_dim:
             return None
         return rank
+
+    def _refit(self, module, model, ctx: PassContext, factorized: list[str]) -> list[str]:
+        """Data-aware recovery before any training (as in Zhang et al. 2015, "Accelerating very deep
+        convolutional networks"): in forward order, every layer's weights are refit by least squares so
+        that, on the factorized network's actual inputs, it reproduces the original network's output at
+        that point; a factorized pair's second factor reproduces the original layer. Rows: calibration
+        rows of the training data (none given: no refit)."""
+        import torch
+
+        from ..torch_twin import to_torch
+        from ..training import training_data
+        from .prune_channels import conv_channels, reconstruct
+
+        if ctx.train is None and ctx.tune is None and ctx.calib is None:
+            return []
+        train, _ = training_data(model, ctx)
+        rows = np.sort(np.random.default_rng(ctx.seed).permutation(len(train))[: self.calibration_samples])
+        x = torch.from_numpy(np.ascontiguousarray(train.x[rows], dtype=np.float32))
+        channels = conv_channels(module)
+        teacher_names = {f"{name}.1": name for name in factorized}
+        kept = {name: list(range(count)) for name, count in channels.items()
+                if name in teacher_names or not any(name.startswith(f + ".") for f in factorized)}
+        return reconstruct(module, to_torch(model), kept, x, seed=ctx.seed, teacher_names=teacher_names)
 
     def run(self, model, ctx: PassContext) -> PassResult:
         from torch import nn
@@ -137,10 +167,11 @@ class LowRank(Pass):
         if hasattr(module, "recompile"):
             module.recompile()
         macs_after, params_after = macs_and_params(module, example)
+        refit = self._refit(module, model, ctx, list(ranks)) if ranks and self.reconstruct else []
         report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **({"keep_start": True} | ctx.options.get("fine_tune", {}))))
         new = export(module, model, self.record(), seed=ctx.seed)
         return PassResult(new, {
-            "ranks": ranks, "layers_factorized": len(ranks),
+            "ranks": ranks, "layers_factorized": len(ranks), "reconstructed_layers": len(refit),
             "macs_before": macs_before, "macs_after": macs_after, "params_before": params_before,
             "params_after": params_after, "fine_tune": report.to_dict(),
         })

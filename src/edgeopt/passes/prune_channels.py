@@ -214,7 +214,7 @@ def _patches(m, x, out, max_rows: int, rng):
 
 
 def reconstruct(student, teacher, kept: dict[str, list[int]], x, *, max_rows: int = 50000, ridge: float = 1e-4,
-                seed: int = 0) -> list[str]:
+                seed: int = 0, teacher_names: dict[str, str] | None = None) -> list[str]:
     """Least-squares reconstruction of pruned convolutions and linears (He et al. 2017; ThiNet).
 
     Layer by layer in forward order, each dense layer's weights and bias (Linear, or Conv2d of any
@@ -223,13 +223,17 @@ def reconstruct(student, teacher, kept: dict[str, list[int]], x, *, max_rows: in
     A closed-form linear fit on features: no gradient steps on the (possibly class-skewed) tuning
     data. Refitting the k x k convolutions matters: a layer whose *inputs* lost channels is where
     the error appears (ResNet-8, 8 of the 64 block-internal channels removed: 1x1 and classifier
-    refit only, -3.6 pt; with the 3x3 conv after them refit, see the tests). Returns the refit layer names.
+    refit only, -3.6 pt; with the 3x3 conv after them refit, see the tests). ``teacher_names`` maps a
+    student layer to the teacher layer whose output it must reproduce when the names differ (the
+    second factor of a low-rank pair stands for the original layer). Returns the refit layer names.
     """
     import numpy as np
     import torch
 
+    teacher_names = teacher_names or {}
     names = [n for n, m in student.named_modules() if n in kept and _is_refittable(m)]
-    targets = _capture(teacher, set(names), x, inputs=False)
+    targets = _capture(teacher, {teacher_names.get(n, n) for n in names}, x, inputs=False)
+    targets = {n: targets[teacher_names.get(n, n)] for n in names if teacher_names.get(n, n) in targets}
     rng = np.random.default_rng(seed)
     modules = dict(student.named_modules())
     done = []
