@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--scope", default="global", choices=["global", "layer"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="pruning steps, each followed by the least-squares refit")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--synthetic", type=float, default=2.0,
                         help="teacher-guided synthetic rows per tuning row (covers classes absent from the tuning rows)")
@@ -108,7 +109,7 @@ def main() -> None:
     ctx = PassContext(tune=tune, teacher=original, seed=args.seed,
                       options={"fine_tune": {"alpha": args.alpha, "patience": args.patience, "progress": False}})
     pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs, "scope": args.scope,
-                                          "lr": args.lr, "feature_weight": args.feature_weight,
+                                          "lr": args.lr, "feature_weight": args.feature_weight, "steps": args.steps,
                                           "synthetic": args.synthetic, "augment": args.augment})(original, ctx)
     pruned_eval = evaluate(pruned.model)
 

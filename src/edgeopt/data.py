@@ -18,6 +18,8 @@ from .errors import ConfigError, DataError
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 SPLIT_NAMES = ("calib", "train", "tune", "eval")
+#: split-spec key that permutes the rows with a seed before the ranges are cut
+SHUFFLE_KEY = "shuffle"
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,12 @@ class Dataset:
                               f"has inputs {list(self.x)}: prepare each array before saving it")
         return replace(self, x=pre.apply(self.x))
 
+    def shuffled(self, seed: int) -> "Dataset":
+        """The rows in a seeded random order (deterministic: the same seed gives the same order)."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        x = {k: v[order] for k, v in self.x.items()} if self.is_multi_input else self.x[order]
+        return replace(self, x=x, y=None if self.y is None else self.y[order], name=f"{self.name}~shuffle{seed}", rows=None)
+
     def splits(self, **ranges: str | tuple[int, int | None] | None) -> dict[str, "Dataset"]:
         """Named, non-overlapping row ranges: ``data.splits(calib="0:500", eval="500:")``."""
         return split(self, ranges)
@@ -164,24 +172,44 @@ def parse_range(text: str | tuple[int, int | None], n: int, *, name: str) -> tup
 
 
 def parse_split_spec(spec: str) -> dict[str, str]:
-    """'calib=0:500,eval=500:' -> {'calib': '0:500', 'eval': '500:'}."""
+    """'calib=0:500,eval=500:' -> {'calib': '0:500', 'eval': '500:'}; 'shuffle=SEED' first permutes the
+    rows with that seed (for files sorted by class), so the ranges count positions in that order."""
     out: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         if "=" not in item:
             raise ConfigError(f"--split takes name=start:stop pairs like 'calib=0:500,eval=500:'; got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip()
-        if key not in SPLIT_NAMES:
-            raise ConfigError(f"split name must be one of {', '.join(SPLIT_NAMES)}; got {key!r}")
+        if key not in SPLIT_NAMES + (SHUFFLE_KEY,):
+            raise ConfigError(f"split name must be one of {', '.join(SPLIT_NAMES)} (or {SHUFFLE_KEY}=SEED); got {key!r}")
         out[key] = value.strip()
     return out
 
 
+def shuffle_seed(ranges: Mapping[str, Any]) -> int | None:
+    """The ``shuffle`` seed of a split spec (None: rows in file order); a typed error if it is not an int >= 0."""
+    value = ranges.get(SHUFFLE_KEY)
+    if value is None:
+        return None
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        seed = -1
+    if seed < 0 or isinstance(value, bool):
+        raise ConfigError(f"split {SHUFFLE_KEY!r} takes a seed, an int >= 0 (e.g. 'shuffle=0,calib=0:500,eval=500:'); got {value!r}")
+    return seed
+
+
 def split(data: Dataset, ranges: Mapping[str, Any]) -> dict[str, Dataset]:
-    """Cut ``data`` into named ranges; raises ConfigError if any two overlap."""
+    """Cut ``data`` into named ranges; raises ConfigError if any two overlap. With ``shuffle=SEED`` the
+    rows are permuted with that seed first (data files are often sorted by class: contiguous ranges
+    would then hold different classes) and the ranges count positions in the permuted order."""
+    seed = shuffle_seed(ranges)
+    if seed is not None:
+        data = data.shuffled(seed)
     bounds = {}
     for key, value in ranges.items():
-        if value is None:
+        if value is None or key == SHUFFLE_KEY:
             continue
         if key not in SPLIT_NAMES:
             raise ConfigError(f"split name must be one of {', '.join(SPLIT_NAMES)}; got {key!r}")

@@ -298,7 +298,7 @@ def optimize(
     ``quick=True`` tries one int8 variant (plus mixed precision if needed) and skips the
     confirmation benchmark: for smoke runs and tests.
     """
-    from .data import Dataset, fit_to_model, load_data, parse_split_spec, split
+    from .data import Dataset, fit_to_model, load_data, parse_split_spec, shuffle_seed, split
     from .evaluation import metric_spec
     from .model import load
 
@@ -363,7 +363,7 @@ def optimize(
         ctx = PassContext(calib=calib, tune=tune, metric=metric, seed=seed,
                           progress=bar.update, options={"calibration_cache_dir": str(work / "calib-cache")})
         data_record = {"source": str(data) if isinstance(data, (str, os.PathLike)) else dataset.name,
-                       "x_key": x_key, "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}}
+                       "x_key": x_key, "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(split_spec)}
 
         # -- baseline ------------------------------------------------------------------------------
         bar.step("evaluating the original model")
@@ -779,7 +779,7 @@ def replay(model: Any, recipe: Any, data: Any = None, *, x_key: str | None = Non
         if splits["calib"][1] > len(dataset):
             raise DataError(f"the recipe calibrates on rows {list(splits['calib'])} but the data has only {len(dataset)} rows; "
                             f"is this the same file as {record.get('source')!r}?")
-        parts = split(dataset, {k: splits[k] for k in ("calib", "train") if k in splits})
+        parts = split(dataset, {k: splits[k] for k in ("calib", "train") if k in splits} | {"shuffle": record.get("shuffle")})
         calib, train = parts["calib"], parts.get("train")
     if searched:
         # the same context the search built the candidate with (search.CandidateEvaluator.context):

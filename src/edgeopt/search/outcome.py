@@ -225,7 +225,7 @@ def optimize_with_search(
     calib / tune / eval. Raises BudgetError (exit code 2) after writing the report when no
     candidate meets every budget.
     """
-    from ..data import Dataset, fit_to_model, load_data, parse_split_spec
+    from ..data import Dataset, fit_to_model, load_data, parse_split_spec, shuffle_seed
     from ..evaluation import metric_spec, paired_difference, score
     from ..model import load
     from ..optimizer import replay
@@ -256,7 +256,7 @@ def optimize_with_search(
         Path(out).mkdir(parents=True, exist_ok=True)
         study = f"sqlite:///{Path(out).resolve() / 'study.db'}"
     data_record = {"source": str(data) if isinstance(data, (str, os.PathLike)) else dataset.name, "x_key": x_key,
-                   "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}}
+                   "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(ranges)}
 
     budget_error = None
     try:
