@@ -39,15 +39,21 @@ def techniques_of(record) -> list[str]:
     return [p for p in record.steps if family_of(p) not in PREPARATION_FAMILIES]
 
 
-def single_technique_comparison(result) -> dict | None:
-    """The best single-technique trial (chosen by the same rule as the search's pick) and whether
-    the chosen trial is at least as good on every objective."""
+def best_single_technique(records, directions):
+    """The best feasible trial whose recipe holds one compression technique (first Pareto point in
+    objective order among those), or None."""
     from .study import choose_best, pareto_front
 
+    singles = [t for t in records if t.feasible and t.values and len(techniques_of(t)) == 1]
+    return choose_best(pareto_front(singles, directions)) if singles else None
+
+
+def single_technique_comparison(result) -> dict | None:
+    """The best single-technique trial and whether the chosen trial is at least as good on every objective."""
     singles = [t for t in result.trials if t.feasible and t.values and len(techniques_of(t)) == 1]
-    if not singles:
+    ref = best_single_technique(result.trials, result.directions)
+    if ref is None:
         return None
-    ref = choose_best(pareto_front(singles, result.directions))
     out = {"trial": ref.number, "recipe": ref.label(), "values": dict(zip(result.objectives, ref.values)),
            "single_technique_trials": len(singles)}
     if result.best is not None:

@@ -231,9 +231,34 @@ def pareto_front(records: Sequence[TrialRecord], directions: Sequence[str]) -> l
     return sorted(front, key=lambda r: tuple(s * v for s, v in zip(sign, r.values)))
 
 
-def choose_best(front: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The first Pareto point in objective order (the front is sorted by objective 1, then 2...)."""
-    return front[0] if front else None
+def choose_best(front: Sequence[TrialRecord], reference: TrialRecord | None = None,
+                directions: Sequence[str] = ()) -> TrialRecord | None:
+    """The first Pareto point in objective order (the front is sorted by objective 1, then 2...).
+
+    With a ``reference`` (the best single-technique trial, :func:`best_single_technique`): the first
+    other front point at least as good as it on every objective, when there is one. A combination of
+    techniques earns its extra steps only if it loses to no single technique on any objective; with
+    accuracy drop as an objective, the fastest point often trades accuracy away while another point
+    beats the single technique on all three (DS-CNN / KWS on cortex-m7: docs/search.md).
+    """
+    if not front:
+        return None
+    if reference is not None and directions:
+        sign = [1.0 if d == "minimize" else -1.0 for d in directions]
+        better = [t for t in front if t is not reference
+                  and all(s * a <= s * b for s, a, b in zip(sign, t.values, reference.values))]
+        if better:
+            return better[0]
+    return front[0]
+
+
+def pick(records: Sequence[TrialRecord], directions: Sequence[str]) -> tuple[list[TrialRecord], TrialRecord | None]:
+    """(Pareto front, chosen trial) of a study's records: the one rule the search, the report and
+    the progress bar share."""
+    from .outcome import best_single_technique
+
+    front = pareto_front(records, directions)
+    return front, choose_best(front, best_single_technique(records, directions), directions)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,9 +389,9 @@ def load_result(storage: Any, study_name: str = "edgeopt") -> SearchResult:
         raise ConfigError(f"study {study_name!r} was not created by edgeopt (no search settings stored)")
     records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
     directions = tuple(meta["directions"])
-    front = pareto_front(records, directions)
+    front, best = pick(records, directions)
     return SearchResult(
-        best=choose_best(front), pareto=front, trials=records, objectives=tuple(meta["objectives"]), directions=directions,
+        best=best, pareto=front, trials=records, objectives=tuple(meta["objectives"]), directions=directions,
         target=Target.parse(meta["target"]), max_drop=meta["max_drop"], metric=meta.get("metric"),
         baseline=TrialMetrics.from_dict(meta["baseline"]) if meta.get("baseline") else None,
         study_name=study_name, storage_url=url, requested_trials=meta.get("trials"),
@@ -680,7 +705,7 @@ class _Progress:
         if not self._progress:
             return
         records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
-        best = choose_best(pareto_front(records, directions))
+        best = pick(records, directions)[1]
         text = "no feasible trial yet"
         if best is not None:
             parts = [f"{name}={_fmt(name, v)}" for name, v in zip(self.objectives, best.values)]
