@@ -18,7 +18,7 @@ def public(report: Mapping[str, Any]) -> dict:
 
 
 def to_json(report: Mapping[str, Any]) -> str:
-    from ..cli._common import to_jsonable
+    from .._json import to_jsonable
 
     return json.dumps(to_jsonable(public(report)), indent=2) + "\n"
 

@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
+from .._json import to_jsonable
 from ..errors import ConfigError, DataError
 from ._static import StaticFigures, static_figures, unsupported_on
 
@@ -251,7 +251,7 @@ class CandidateEvaluator:
         energy = self.target.estimate_energy(figures.macs_by_dtype, figures.bytes_moved).value
         extra = dict(metrics.extra)
         extra["fidelity"] = dict(evaluation.fidelity)
-        extra["pass_stats"] = _jsonable(stats)
+        extra["pass_stats"] = to_jsonable(stats, strict=False)
         return replace(metrics, metric=self.spec.name, metric_value=float(evaluation.value), metric_drop=float(drop),
                        metric_drop_ci=ci, samples=len(self.tune), latency_ms=float(latency), latency_method=how,
                        energy_uj=float(energy), stage="full", extra=extra)
@@ -261,19 +261,3 @@ class CandidateEvaluator:
         from ..recipe import Recipe
 
         return self(Recipe.of([]), screen=False)
-
-
-def _jsonable(value):
-    import numpy as np
-
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

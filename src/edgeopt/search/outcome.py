@@ -116,7 +116,7 @@ class SearchOutcome:
         data = self.report_data
         if path is not None:
             from .._io import write_text_atomic
-            from ..cli._common import to_jsonable
+            from .._json import to_jsonable
 
             path = Path(path)
             text = render_outcome_html(self) if path.suffix.lower() in (".html", ".htm") else \
@@ -133,7 +133,7 @@ class SearchOutcome:
         written; without a chosen model, a stale model.onnx / recipe.yaml from an earlier run is
         removed so the folder never pairs a new report with an old model.
         """
-        from ..cli._common import to_jsonable
+        from .._json import to_jsonable
         from ..model import ModelHandle
 
         out = Path(out)
@@ -238,7 +238,8 @@ def optimize_with_search(
     from ..recipe import Recipe
     from ..target import Target
     from .space import SearchSpace, is_expensive
-    from .study import SearchOptions, _plain, make_storage, run_search
+    from .._json import to_jsonable
+    from .study import SearchOptions, make_storage, run_search
 
     spec = metric_spec(metric)
     handle = load(model)
@@ -318,7 +319,7 @@ def optimize_with_search(
 
             store = make_storage(study, SearchOptions(study_name=study_name))
             optuna.load_study(study_name=study_name, storage=store).set_user_attr(
-                HOLDOUT_KEY, _plain({"held_out": outcome.held_out, "data": data_record, "source": source}))
+                HOLDOUT_KEY, to_jsonable({"held_out": outcome.held_out, "data": data_record, "source": source}))
 
     if out is not None:
         outcome.save(out)

@@ -194,7 +194,7 @@ Chosen: {chosen}.</p>
 def write_report(result, path: Path) -> Path:
     """Write the standalone HTML page and a JSON twin (same figures) beside it, atomically."""
     from .._io import write_text_atomic
-    from ..cli._common import to_jsonable
+    from .._json import to_jsonable
 
     path = Path(path)
     write_text_atomic(path, render_html(result))

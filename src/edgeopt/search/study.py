@@ -22,10 +22,11 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .._json import to_jsonable
 from ..errors import BudgetError, ConfigError, EdgeOptError
 from .evaluate import CandidateEvaluator, ScreenedOut, TrialMetrics
 from .space import SearchSpace
@@ -158,7 +159,7 @@ class SearchResult:
         out.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
         data["study"]["storage"] = self.storage_url   # needed by `edgeopt report` to reload the study
-        write_text_atomic(out / "search.json", json.dumps(_plain(data), indent=2))
+        write_text_atomic(out / "search.json", json.dumps(to_jsonable(data), indent=2))
         write_report(self, out / "search_report.html")
         return out
 
@@ -175,16 +176,6 @@ def _redact(url: str | None) -> str | None:
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-
-
-def _plain(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,8 +394,6 @@ def load_result(storage: Any, study_name: str = "edgeopt") -> SearchResult:
 # ------------------------------------------------------------------------------------------------
 
 def _counts(study) -> dict[str, int]:
-    from optuna.trial import TrialState
-
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL", "duplicates")}
     for t in study.get_trials(deepcopy=False):
         if _is_duplicate(t):
@@ -525,7 +514,7 @@ def run_search(
             "baseline": baseline.to_dict() if baseline else None, "space": space.describe(), "seed": seed}
     stored = study.user_attrs.get(META_KEY)
     if stored is None:
-        study.set_user_attr(META_KEY, _plain(meta))
+        study.set_user_attr(META_KEY, to_jsonable(meta))
     elif stored["objectives"] != list(objectives) or stored["target"]["name"] != target.name:
         raise ConfigError(f"study {options.study_name!r} was searching {stored['objectives']} on {stored['target']['name']!r}; "
                           f"cannot resume it with {list(objectives)} on {target.name!r}")
@@ -560,7 +549,7 @@ def run_search(
         except EdgeOptError as e:
             trial.set_user_attr("reason", f"recipe cannot be built: {type(e).__name__}: {e}")
             raise optuna.TrialPruned(str(e)) from e
-        recipe_dict = _plain(recipe.to_dict())
+        recipe_dict = to_jsonable(recipe.to_dict())
         key = json.dumps(recipe_dict["steps"], sort_keys=True)
         trial.set_user_attr("recipe", recipe_dict)
         trial.set_user_attr("recipe_key", key)
@@ -576,7 +565,7 @@ def run_search(
         try:
             metrics = evaluate_trial(recipe)
         except ScreenedOut as e:
-            trial.set_user_attr("metrics", _plain(e.metrics.to_dict()))
+            trial.set_user_attr("metrics", to_jsonable(e.metrics.to_dict()))
             _set_constraints(trial, constraint_values(e.metrics, target, max_drop))
             trial.set_user_attr("reason", e.reason)
             raise optuna.TrialPruned(e.reason) from None
@@ -588,7 +577,7 @@ def run_search(
             raise
         if not isinstance(metrics, TrialMetrics):
             raise ConfigError(f"evaluate_trial must return TrialMetrics; got {type(metrics).__name__}")
-        trial.set_user_attr("metrics", _plain(metrics.to_dict()))
+        trial.set_user_attr("metrics", to_jsonable(metrics.to_dict()))
         _set_constraints(trial, constraint_values(metrics, target, max_drop))
         return tuple(objective_value(metrics, name) for name in objectives)
 
