@@ -49,8 +49,6 @@ def kept_channels(original, pruned) -> dict[str, list[int]]:
     Pruning slices tensors without changing values, so each surviving bias entry is found at its
     original position (Torch-Pruning records only each group's root indices).
     """
-    import numpy as np
-
     before = dict(original.named_modules())
     out = {}
     for name, m in pruned.named_modules():
@@ -366,6 +364,13 @@ class PruneChannels(Pass):
             return tp.importance.MagnitudeImportance(p=2)
         return tp.importance.TaylorImportance()
 
+    def _pruner(self, module, example, ignored, importance, *, steps: int):
+        """Torch-Pruning's MetaPruner with this pass's ratio, scope and rounding."""
+        return _nearest_rounding_pruner()(
+            module, example, importance=importance, pruning_ratio=float(self.ratio),
+            global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored,
+            round_to=self.round_to if self.round_to > 1 else None, iterative_steps=steps)
+
     def _check_removes_channels(self, module, example, ignored) -> None:
         """Refuse, before any synthesis or training, a ratio too small to remove one rounded block of
         channels: the result would be the input model, re-trained at full cost (a search trial wasted).
@@ -381,10 +386,7 @@ class PruneChannels(Pass):
         dry = copy.deepcopy(module)
         before = conv_channels(dry)
         ignored_dry = [dict(dry.named_modules())[n] for n, m in module.named_modules() if any(m is i for i in ignored)]
-        _nearest_rounding_pruner()(
-            dry, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=float(self.ratio),
-            global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored_dry,
-            round_to=self.round_to if self.round_to > 1 else None, iterative_steps=1).step()
+        self._pruner(dry, example, ignored_dry, tp.importance.MagnitudeImportance(p=2), steps=1).step()
         if conv_channels(dry) == before:
             raise PassError(f"{self.name}: ratio {self.ratio:g} removes no channel once channel counts are rounded "
                             f"to multiples of {self.round_to}; use a larger ratio or a smaller round_to")
@@ -405,10 +407,7 @@ class PruneChannels(Pass):
         channels_before = conv_channels(module)
         linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
         ignored = linears[-1:]  # the classifier's outputs are the task's classes
-        pruner = _nearest_rounding_pruner()(
-            module, example, importance=self._importance(), pruning_ratio=float(self.ratio),
-            global_pruning=self.scope == "global", max_pruning_ratio=0.9, ignored_layers=ignored,
-            round_to=self.round_to if self.round_to > 1 else None, iterative_steps=self.steps)
+        pruner = self._pruner(module, example, ignored, self._importance(), steps=self.steps)
         self._check_removes_channels(module, example, ignored)
         needs_teacher = self.reconstruct or (self.epochs > 0 and (self.feature_weight > 0 or self.synthetic > 0))
         teacher = to_torch(model) if needs_teacher else None
