@@ -279,6 +279,7 @@ def optimize(
     study_name: str = "edgeopt",
     resume: bool = False,
     sampler: str = "tpe",
+    drop_bound: str = "upper",
 ) -> "OptimizeResult | SearchOutcome":
     """Compress ``model`` within an accuracy budget and return the measured candidates.
 
@@ -287,7 +288,9 @@ def optimize(
     - **search** when any of ``target``, ``objectives``, ``trials`` or ``study`` is given: the
       target-aware multi-objective search over every registered pass
       (:func:`edgeopt.search.outcome.optimize_with_search`; ``techniques`` then names passes or
-      families, ``splits`` needs ``calib``, ``tune`` and ``eval`` rows, optional ``train``);
+      families, ``splits`` needs ``calib``, ``tune`` and ``eval`` rows, optional ``train``;
+      ``drop_bound`` judges the budget on the drop's 95% CI upper end (``"upper"``) or its point
+      estimate (``"estimate"``));
     - **PTQ candidates** otherwise: the fixed list of int8 / fp16 / int4 / mixed variants below.
 
     ``max_drop`` is in metric units (0.005 = half a point of top-1). ``splits`` names disjoint row
@@ -314,7 +317,7 @@ def optimize(
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"seed must be an integer; got {seed!r}")
         return optimize_with_search(model, data, target=target or "host", objectives=objectives, trials=trials, study=study,
-                                    study_name=study_name, resume=resume, sampler=sampler, techniques=techniques,
+                                    study_name=study_name, resume=resume, sampler=sampler, techniques=techniques, drop_bound=drop_bound,
                                     metric=metric, max_drop=max_drop, splits=splits, time_budget=budget_s, seed=seed,
                                     out=out, progress=progress, x_key=x_key, y_key=y_key)
     chosen_techniques = parse_techniques(techniques)

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         study_name: str = typer.Option("edgeopt", "--study-name", help="Search: name of the study inside the store."),
         resume: bool = typer.Option(False, "--resume", help="Search: continue the study (or join it as another worker)."),
         sampler: str = typer.Option("tpe", "--sampler", help="Search: tpe, nsga2 or random."),
+        drop_bound: str = typer.Option("upper", "--drop-bound", help="Search: judge --max-drop on the drop's 95% CI 'upper' end (default: guards against lucky tune scores) or its 'estimate'."),
         json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout instead of tables."),
     ):
         """Compress within an accuracy budget: PTQ candidates by default; with --target / --trials /
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
             run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
                           time_budget=time_budget, seed=seed, x_key=x_key, y_key=y_key, target=target, objective=objective,
                           trials=trials, study=study, study_name=study_name, resume=resume, sampler=sampler,
-                          json_output=json_output)
+                          json_output=json_output, drop_bound=drop_bound)
             return
 
         spec = metric_spec(metric)
@@ -109,7 +110,7 @@ def comparison_table(report: dict):
 
 
 def run_searching(model, *, data, out, metric, max_drop, split, techniques, time_budget, seed, x_key, y_key, target,
-                  objective, trials, study, study_name, resume, sampler, json_output) -> None:
+                  objective, trials, study, study_name, resume, sampler, json_output, drop_bound="upper") -> None:
     """`edgeopt optimize --target ...` (and its alias `edgeopt search`): search, write, print the front."""
     from ..evaluation import metric_spec
     from ..optimizer import optimize
@@ -120,7 +121,7 @@ def run_searching(model, *, data, out, metric, max_drop, split, techniques, time
     result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
                       time_budget=time_budget, seed=seed, out=out, progress=not json_output, x_key=x_key, y_key=y_key,
                       target=target or "host", objectives=objective, trials=trials, study=study, study_name=study_name,
-                      resume=resume, sampler=sampler)
+                      resume=resume, sampler=sampler, drop_bound=drop_bound)
     if json_output:
         emit_json(result.report_data)
         return

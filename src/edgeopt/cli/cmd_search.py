@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option(None, "--split", help="Row ranges, e.g. 'calib=0:500,train=500:2500,tune=2500:3500,eval=3500:' (default: thirds calib/tune/eval)."),
         metric: str = typer.Option("top1", "--metric", help="Task metric (top1, auc, mse, agreement, ...)."),
         sampler: str = typer.Option("tpe", "--sampler", help="tpe, nsga2 or random."),
+        drop_bound: str = typer.Option("upper", "--drop-bound", help="Judge --max-drop on the drop's 95% CI 'upper' end (default: guards against lucky tune scores) or its 'estimate'."),
         seed: int = typer.Option(0, "--seed"),
         x_key: str = typer.Option("x", "--x-key", help="Array name of the inputs in an .npz file."),
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
                       time_budget=parse_duration(time_budget), seed=seed, x_key=x_key, y_key=y_key, target=target,
                       objective=objective, trials=trials, study=study, study_name=study_name, resume=resume,
-                      sampler=sampler, json_output=json_out)
+                      sampler=sampler, json_output=json_out, drop_bound=drop_bound)
 
 
 def _print_front(result, con) -> None:

@@ -212,6 +212,7 @@ def optimize_with_search(
     study_name: str = "edgeopt",
     resume: bool = False,
     sampler: str = "tpe",
+    drop_bound: str = "upper",
     techniques: str | Sequence[str] | None = None,
     metric: str = "top1",
     max_drop: float = 0.01,
@@ -270,7 +271,7 @@ def optimize_with_search(
         result = run_search(handle, data_splits={k: parts.get(k) for k in ("calib", "train", "tune")}, target=target,
                             space=space, objectives=objectives, max_drop=max_drop, trials=trials or 20,
                             time_budget=time_budget, storage=study, resume=resume, seed=seed, metric=metric,
-                            out_dir=None, progress=progress, options=SearchOptions(sampler=sampler, study_name=study_name))
+                            out_dir=None, progress=progress, options=SearchOptions(sampler=sampler, study_name=study_name, drop_bound=drop_bound))
     except BudgetError as e:
         if getattr(e, "result", None) is None:
             raise

@@ -67,8 +67,11 @@ def budgets(result) -> list[dict[str, Any]]:
         rows.append({"budget": name, "limit_bytes": budget, "baseline_bytes": base, "chosen_bytes": used,
                      "headroom_bytes": None if budget is None or used is None else budget - used,
                      "headroom_fraction": None if not budget or used is None else (budget - used) / budget})
-    drop = chosen.metric_drop if chosen else None
-    rows.append({"budget": f"accuracy drop ({result.metric or 'metric'})", "limit": result.max_drop, "chosen": drop,
+    from .study import judged_drop
+
+    drop = judged_drop(chosen, result.drop_bound) if chosen else None
+    what = "95% CI upper end" if result.drop_bound == "upper" else "estimate"
+    rows.append({"budget": f"accuracy drop ({result.metric or 'metric'}, {what})", "limit": result.max_drop, "chosen": drop,
                  "headroom": None if drop is None else result.max_drop - drop})
     return rows
 
@@ -173,7 +176,8 @@ def render_html(result) -> str:
 <style>{_CSS}</style></head><body>
 <h1>edgeopt search on {e(t.name)}</h1>
 <p>Objectives: {e(', '.join(f'{o} ({d})' for o, d in zip(result.objectives, result.directions)))}. Constraints: accuracy drop
-&le; {result.max_drop:.4g} ({e(result.metric or 'metric')}), the target's RAM and storage budgets, supported ops/dtypes.
+&le; {result.max_drop:.4g} ({e(result.metric or 'metric')}; judged on the drop's
+{'95% CI upper end on the tune rows' if result.drop_bound == 'upper' else 'point estimate on the tune rows'}), the target's RAM and storage budgets, supported ops/dtypes.
 Chosen: {chosen}.</p>
 {plot}
 <h2>Budgets of {e(t.name)} and headroom</h2>
