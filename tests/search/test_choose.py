@@ -34,3 +34,28 @@ def test_maximized_objectives_compare_the_other_way():
     ref = _t(1, 5.0, 0.90)
     front = pareto_front([ref, _t(2, 4.0, 0.80), _t(3, 4.5, 0.91)], directions)
     assert choose_best(front, ref, directions).number == 3
+
+
+def test_differences_nobody_could_measure_do_not_make_front_points():
+    # KWS on cortex-m7 (study kws6): int8 variants of one network, estimated latencies a few MACs apart
+    pruned = _t(40, 6.8105, 28604, -0.002)
+    v18 = _t(18, 8.593225, 33772, -0.004)
+    v34 = _t(34, 8.593226, 34232, -0.008)
+    v33 = _t(33, 8.593252, 33772, -0.008)
+    front = pareto_front([pruned, v18, v34, v33], MIN3)
+    # 33 is as fast as 18 and 34 (within 1e-4), as small as 18 and smaller than 34, and more accurate than 18
+    assert [t.number for t in front] == [40, 33]
+    # a real latency difference still counts
+    faster = _t(50, 8.50, 33772, -0.008)
+    assert [t.number for t in pareto_front([v33, faster], MIN3)] == [50]
+    # equal within the tolerance on every objective: kept once, the lower trial number first
+    twin = _t(12, 8.593252, 33772, -0.008)
+    assert [t.number for t in pareto_front([v33, twin], MIN3)] == [12]
+
+
+def test_at_least_as_good_uses_the_same_tolerance():
+    ref = _t(78, 39.31396913, 87528, -0.004)
+    chosen = _t(67, 39.31393209, 87528, -0.008)
+    slower = _t(5, 39.3215, 87464, -0.008)
+    assert choose_best([chosen, slower], ref, MIN3).number == 67
+    assert choose_best([_t(9, 39.40, 87528, -0.008)], ref, MIN3).number == 9   # order rule: no point beats ref

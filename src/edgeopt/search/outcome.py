@@ -57,10 +57,10 @@ def single_technique_comparison(result) -> dict | None:
     out = {"trial": ref.number, "recipe": ref.label(), "values": dict(zip(result.objectives, ref.values)),
            "single_technique_trials": len(singles)}
     if result.best is not None:
-        sign = [1.0 if d == "minimize" else -1.0 for d in result.directions]
+        from .study import no_worse
+
         out["chosen_values"] = dict(zip(result.objectives, result.best.values))
-        out["chosen_at_least_as_good_on_every_objective"] = all(
-            s * c <= s * r for s, c, r in zip(sign, result.best.values, ref.values))
+        out["chosen_at_least_as_good_on_every_objective"] = no_worse(result.best.values, ref.values, result.directions)
     return out
 
 

@@ -234,17 +234,39 @@ def objective_value(metrics: TrialMetrics, name: str) -> float:
     return float(value)
 
 
+#: Objective values closer than this (relative) are equal. Estimated latencies of int8 variants of
+#: one network differ by a few MACs (KWS on cortex-m7: 8.59322 vs 8.59325 ms); without a tolerance
+#: each such variant is its own "Pareto point" and the front shows differences nobody could measure.
+OBJECTIVE_RTOL = 1e-4
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= OBJECTIVE_RTOL * max(abs(a), abs(b))
+
+
+def no_worse(values: Sequence[float], other: Sequence[float], directions: Sequence[str]) -> bool:
+    """``values`` at least as good as ``other`` on every objective (equal within OBJECTIVE_RTOL counts)."""
+    return all(_close(a, b) or (a < b if d == "minimize" else a > b) for a, b, d in zip(values, other, directions))
+
+
+def dominates(values: Sequence[float], other: Sequence[float], directions: Sequence[str]) -> bool:
+    return no_worse(values, other, directions) and not all(_close(a, b) for a, b in zip(values, other))
+
+
 def pareto_front(records: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
-    """Feasible complete trials not dominated by another feasible trial (ties kept once)."""
+    """Feasible complete trials not dominated by another feasible trial (ties, within
+    OBJECTIVE_RTOL, kept once: the first trial in objective order)."""
     sign = [1.0 if d == "minimize" else -1.0 for d in directions]
-    pts = [(r, tuple(s * v for s, v in zip(sign, r.values))) for r in records if r.feasible and r.values]
-    front, seen = [], set()
-    for r, p in pts:
-        dominated = any(all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p)) for _, q in pts)
-        if not dominated and p not in seen:
-            seen.add(p)
-            front.append(r)
-    return sorted(front, key=lambda r: tuple(s * v for s, v in zip(sign, r.values)))
+    pts = sorted((r for r in records if r.feasible and r.values),
+                 key=lambda r: (tuple(s * v for s, v in zip(sign, r.values)), r.number))
+    front = []
+    for r in pts:
+        if any(dominates(q.values, r.values, directions) for q in pts):
+            continue
+        if any(all(_close(a, b) for a, b in zip(f.values, r.values)) for f in front):
+            continue
+        front.append(r)
+    return front
 
 
 def choose_best(front: Sequence[TrialRecord], reference: TrialRecord | None = None,
@@ -260,9 +282,7 @@ def choose_best(front: Sequence[TrialRecord], reference: TrialRecord | None = No
     if not front:
         return None
     if reference is not None and directions:
-        sign = [1.0 if d == "minimize" else -1.0 for d in directions]
-        better = [t for t in front if t is not reference
-                  and all(s * a <= s * b for s, a, b in zip(sign, t.values, reference.values))]
+        better = [t for t in front if t is not reference and no_worse(t.values, reference.values, directions)]
         if better:
             return better[0]
     return front[0]
