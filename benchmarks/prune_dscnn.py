@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=float, default=2.0,
                         help="teacher-guided synthetic rows per tuning row (covers classes absent from the tuning rows)")
     parser.add_argument("--augment", default="auto")
+    parser.add_argument("--round-to", type=int, default=8, help="kept channel counts rounded to multiples of this")
     parser.add_argument("--feature-weight", type=float, default=5.0)
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--rounds", type=int, default=7)
@@ -110,7 +111,8 @@ def main() -> None:
                       options={"fine_tune": {"alpha": args.alpha, "patience": args.patience, "progress": False}})
     pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs, "scope": args.scope,
                                           "lr": args.lr, "feature_weight": args.feature_weight, "steps": args.steps,
-                                          "synthetic": args.synthetic, "augment": args.augment})(original, ctx)
+                                          "synthetic": args.synthetic, "augment": args.augment,
+                                          "round_to": args.round_to})(original, ctx)
     pruned_eval = evaluate(pruned.model)
 
     calib_rows = np.random.default_rng(args.seed).permutation(len(tune))[:300]
