@@ -135,3 +135,13 @@ def test_label_metric_without_labels(tmp_path, resnet8_path, capsys):
     code, out = _evaluate(tmp_path, resnet8_path, data)
     _assert_clean_failure(code, out, capsys, "needs labels", "agreement")
     assert issubclass(DataError, ValueError)
+
+
+def test_unknown_drop_bound_is_refused_before_any_work(tmp_path, resnet8_path, cifar_path, capsys):
+    out = tmp_path / "out"
+    code = run(["optimize", str(resnet8_path), "--data", str(cifar_path), "--target", "cortex-m7",
+                "--drop-bound", "lower", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and err.strip().startswith("error:")
+    assert "--drop-bound must be one of ['upper', 'estimate']" in err and "'lower'" in err
+    assert not out.exists()
