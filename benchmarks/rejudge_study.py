@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from edgeopt.search.outcome import best_single_technique  # noqa: E402
-from edgeopt.search.study import DROP_BOUNDS, choose_best, judged_drop, load_result, pareto_front  # noqa: E402
+from edgeopt.search.study import DROP_BOUNDS, choose_best, constraint_values, load_result, pareto_front  # noqa: E402
 
 
 def rejudge(url: str) -> dict:
@@ -33,13 +33,9 @@ def rejudge(url: str) -> dict:
     out = {"study": url, "objectives": list(result.objectives), "max_drop": result.max_drop,
            "stored_rule": result.drop_bound, "trials": len(result.trials), "rules": {}}
     for rule in DROP_BOUNDS:
-        records = []
-        for r in result.trials:
-            judged = judged_drop(r.metrics, rule) if r.metrics is not None else None
-            if r.constraints is None or judged is None:
-                records.append(r)
-                continue
-            records.append(dataclasses.replace(r, constraints=(judged - result.max_drop,) + tuple(r.constraints[1:])))
+        records = [r if r.metrics is None or r.constraints is None else
+                   dataclasses.replace(r, constraints=tuple(constraint_values(r.metrics, result.target, result.max_drop, rule)))
+                   for r in result.trials]
         front = pareto_front(records, result.directions)
         ref = best_single_technique(records, result.directions)
         best = choose_best(front, ref, result.directions)

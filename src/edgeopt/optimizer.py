@@ -316,11 +316,9 @@ def optimize(
             raise DataError("optimize() needs data: calibration rows, tune rows to compare candidates on and held-out eval rows")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"seed must be an integer; got {seed!r}")
-        from .search.study import DROP_BOUNDS
+        from .search.study import check_drop_bound
 
-        if drop_bound not in DROP_BOUNDS:   # checked before any data is read or model loaded
-            raise ConfigError(f"--drop-bound must be one of {list(DROP_BOUNDS)} (judge the accuracy budget on the "
-                              f"drop's 95% CI upper end, or on its point estimate); got {drop_bound!r}")
+        check_drop_bound(drop_bound, name="--drop-bound")   # before any data is read or model loaded
         return optimize_with_search(model, data, target=target or "host", objectives=objectives, trials=trials, study=study,
                                     study_name=study_name, resume=resume, sampler=sampler, techniques=techniques, drop_bound=drop_bound,
                                     metric=metric, max_drop=max_drop, splits=splits, time_budget=budget_s, seed=seed,

@@ -123,7 +123,7 @@ class LowRank(Pass):
             return None
         return rank
 
-    def _refit(self, module, model, ctx: PassContext, factorized: list[str]) -> list[str]:
+    def _refit(self, module, teacher, model, ctx: PassContext, factorized: list[str]) -> list[str]:
         """Data-aware recovery before any training (as in Zhang et al. 2015, "Accelerating very deep
         convolutional networks"): in forward order, every layer's weights are refit by least squares so
         that, on the factorized network's actual inputs, it reproduces the original network's output at
@@ -131,7 +131,6 @@ class LowRank(Pass):
         rows of the training data (none given: no refit)."""
         import torch
 
-        from ..torch_twin import to_torch
         from ..training import training_data
         from .prune_channels import conv_channels, reconstruct
 
@@ -144,9 +143,11 @@ class LowRank(Pass):
         teacher_names = {f"{name}.1": name for name in factorized}
         kept = {name: list(range(count)) for name, count in channels.items()
                 if name in teacher_names or not any(name.startswith(f + ".") for f in factorized)}
-        return reconstruct(module, to_torch(model), kept, x, seed=ctx.seed, teacher_names=teacher_names)
+        return reconstruct(module, teacher, kept, x, seed=ctx.seed, teacher_names=teacher_names)
 
     def run(self, model, ctx: PassContext) -> PassResult:
+        import copy
+
         from torch import nn
 
         from ..torch_twin import example_input, export, to_torch
@@ -155,6 +156,8 @@ class LowRank(Pass):
         module = to_torch(model)
         example = example_input(model, batch=1, seed=ctx.seed)
         macs_before, params_before = macs_and_params(module, example)
+        # the unfactorized twin for the refit, copied rather than converted and verified a second time
+        teacher = copy.deepcopy(module) if self.reconstruct else None
         ranks = {}
         candidates = [(n, m) for n, m in module.named_modules()
                       if isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1)]
@@ -167,7 +170,7 @@ class LowRank(Pass):
         if hasattr(module, "recompile"):
             module.recompile()
         macs_after, params_after = macs_and_params(module, example)
-        refit = self._refit(module, model, ctx, list(ranks)) if ranks and self.reconstruct else []
+        refit = self._refit(module, teacher, model, ctx, list(ranks)) if ranks and self.reconstruct else []
         report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **({"keep_start": True} | ctx.options.get("fine_tune", {}))))
         new = export(module, model, self.record(), seed=ctx.seed)
         return PassResult(new, {

@@ -407,10 +407,11 @@ class PruneChannels(Pass):
         channels_before = conv_channels(module)
         linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
         ignored = linears[-1:]  # the classifier's outputs are the task's classes
-        pruner = self._pruner(module, example, ignored, self._importance(), steps=self.steps)
         self._check_removes_channels(module, example, ignored)
         needs_teacher = self.reconstruct or (self.epochs > 0 and (self.feature_weight > 0 or self.synthetic > 0))
-        teacher = to_torch(model) if needs_teacher else None
+        # the unpruned twin, copied rather than converted and verified a second time
+        teacher = copy.deepcopy(module) if needs_teacher else None
+        pruner = self._pruner(module, example, ignored, self._importance(), steps=self.steps)
         kept = {n: list(range(c)) for n, c in channels_before.items()}
         train = training_data(model, ctx)[0] if (self.reconstruct or self.importance == "taylor"
                                                   or (self.synthetic > 0 and self.epochs > 0)) else None

@@ -39,23 +39,26 @@ def techniques_of(record) -> list[str]:
     return [p for p in record.steps if family_of(p) not in PREPARATION_FAMILIES]
 
 
+def _single_technique_trials(records) -> list:
+    return [t for t in records if t.feasible and t.values and len(techniques_of(t)) == 1]
+
+
 def best_single_technique(records, directions):
     """The best feasible trial whose recipe holds one compression technique (first Pareto point in
     objective order among those), or None."""
     from .study import choose_best, pareto_front
 
-    singles = [t for t in records if t.feasible and t.values and len(techniques_of(t)) == 1]
+    singles = _single_technique_trials(records)
     return choose_best(pareto_front(singles, directions)) if singles else None
 
 
 def single_technique_comparison(result) -> dict | None:
     """The best single-technique trial and whether the chosen trial is at least as good on every objective."""
-    singles = [t for t in result.trials if t.feasible and t.values and len(techniques_of(t)) == 1]
     ref = best_single_technique(result.trials, result.directions)
     if ref is None:
         return None
     out = {"trial": ref.number, "recipe": ref.label(), "values": dict(zip(result.objectives, ref.values)),
-           "single_technique_trials": len(singles)}
+           "single_technique_trials": len(_single_technique_trials(result.trials))}
     if result.best is not None:
         from .study import no_worse
 
@@ -238,8 +241,8 @@ def optimize_with_search(
     from ..optimizer import replay
     from ..recipe import Recipe
     from ..target import Target
-    from .space import SearchSpace, is_expensive
     from .._json import to_jsonable
+    from .space import SearchSpace, is_expensive
     from .study import SearchOptions, make_storage, run_search
 
     spec = metric_spec(metric)

@@ -188,6 +188,13 @@ def _redact(url: str | None) -> str | None:
 DROP_BOUNDS = ("upper", "estimate")
 
 
+def check_drop_bound(value: str, *, name: str = "drop bound") -> None:
+    """ConfigError unless ``value`` is one of DROP_BOUNDS (``name``: how the caller's user spells it)."""
+    if value not in DROP_BOUNDS:
+        raise ConfigError(f"{name} must be one of {list(DROP_BOUNDS)} (judge the accuracy budget on the drop's "
+                          f"95% CI upper end, or on its point estimate); got {value!r}")
+
+
 def judged_drop(metrics: TrialMetrics, drop_bound: str = "upper") -> float | None:
     """The drop the accuracy budget is judged on: the upper end of its 95% CI (``"upper"``) when the
     metric has per-sample scores, else (or with ``"estimate"``) the point estimate.
@@ -464,9 +471,7 @@ def _budgeted(study) -> list:
 
 
 def _check_args(objectives, max_drop, trials, time_budget, drop_bound="upper") -> tuple[str, ...]:
-    if drop_bound not in DROP_BOUNDS:
-        raise ConfigError(f"drop bound must be one of {list(DROP_BOUNDS)} (judge the accuracy budget on the drop's "
-                          f"95% CI upper end, or on its point estimate); got {drop_bound!r}")
+    check_drop_bound(drop_bound)
     objectives = tuple(objectives)
     if not objectives:
         raise ConfigError(f"give at least one objective; choose from {', '.join(OBJECTIVES)}")
