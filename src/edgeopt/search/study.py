@@ -573,11 +573,10 @@ def run_search(
     elif stored["objectives"] != list(objectives) or stored["target"]["name"] != target.name:
         raise ConfigError(f"study {options.study_name!r} was searching {stored['objectives']} on {stored['target']['name']!r}; "
                           f"cannot resume it with {list(objectives)} on {target.name!r}")
-    elif stored.get("drop_bound", "estimate") != options.drop_bound:
+    elif (rule := stored.get("drop_bound", "estimate")) != options.drop_bound:
         # the stored trials' constraints were judged by the other rule: mixing them would be a silent lie
-        raise ConfigError(f"study {options.study_name!r} judged the accuracy budget on the drop's "
-                          f"{stored.get('drop_bound', 'estimate')!r}; resume it with --drop-bound "
-                          f"{stored.get('drop_bound', 'estimate')} or start a new study")
+        raise ConfigError(f"study {options.study_name!r} judged the accuracy budget on the drop's {rule!r}; "
+                          f"resume it with --drop-bound {rule} or start a new study")
     elif stored.get("trials") != trials:
         study.set_user_attr(META_KEY, {**stored, "trials": trials})   # a resumed search may extend the budget
     if resume:
