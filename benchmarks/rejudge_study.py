@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from edgeopt.search.outcome import best_single_technique  # noqa: E402
+from edgeopt.search.study import best_single_technique  # noqa: E402
 from edgeopt.search.study import DROP_BOUNDS, choose_best, constraint_values, load_result, pareto_front  # noqa: E402
 
 

@@ -141,3 +141,15 @@ class TrainCalibratedInt8(StaticInt8):
         from dataclasses import replace as _replace
 
         return super().run(model, _replace(ctx, calib=ctx.train))
+
+
+class TrainedThresholdPrune(ThresholdPrune):
+    """``prune.threshold`` declared as needing *train* rows (an expensive structural pass) with one
+    mild setting, for the search's probes of the best single technique combined with it."""
+
+    name = "prune.trained_threshold"
+    requires = frozenset({"train"})
+
+    @classmethod
+    def mild_settings(cls):
+        return [{"sparsity": 0.05}]

@@ -152,3 +152,18 @@ def test_microcontroller_targets_constrain_what_the_search_proposes():
     assert mine.fixed["quantize_int8__format"] == "qoperator"
     host = SearchSpace.from_names(["quantize.int8", "quantize.fp16"]).for_target(Target.parse("host"))
     assert host.required == {} and host.fixed == {}
+
+
+def test_mild_settings_of_every_registered_pass_are_valid_points_of_its_space():
+    from edgeopt.passes import available_passes
+
+    with_settings = 0
+    for name, cls in available_passes().items():
+        space = cls.search_space()
+        for setting in cls.mild_settings():
+            with_settings += 1
+            assert set(setting) <= set(space), f"{name}: mild setting {setting} names parameters outside its search space"
+            for key, value in setting.items():
+                assert space[key].contains(value), f"{name}: mild {key}={value!r} is outside {space[key]!r}"
+            cls(**setting).validate()
+    assert with_settings >= 3   # prune.channels and lowrank declare theirs

@@ -147,6 +147,18 @@ class Pass:
         return {}
 
     @classmethod
+    def mild_settings(cls) -> list[dict[str, Any]]:
+        """Gentle settings (values of :meth:`search_space` parameters) that a search tries on top of
+        the best single technique it has found, before sampling freely.
+
+        A combination earns its place by beating every single technique on every objective; that
+        usually takes the mild end of a structural pass's range, which a sampler may never try
+        there. Empty (the default): the pass is only sampled. Override in passes that lower latency
+        or size at some accuracy cost.
+        """
+        return []
+
+    @classmethod
     def param_applies(cls, name: str, chosen: Mapping[str, Any]) -> bool:
         """Whether the search should vary parameter ``name`` given the values ``chosen`` so far for
         the parameters listed before it in :meth:`search_space` (fixed values included).

@@ -92,6 +92,11 @@ class LowRank(Pass):
         # 97% (docs/search.md), so lower thresholds only waste trials at the budgets a search works to.
         return {"energy": FloatRange(0.9, 0.999), "epochs": IntRange(0, 10)}
 
+    @classmethod
+    def mild_settings(cls):
+        # the mildest factorizations that still save MACs: trained conv nets are close to full rank
+        return [{"energy": 0.99, "epochs": 2}, {"energy": 0.98, "epochs": 4}]
+
     def validate(self) -> None:
         super().validate()
         if not isinstance(self.energy, (int, float)) or not 0 < self.energy <= 1:

@@ -28,40 +28,18 @@ import numpy as np
 from ..errors import BudgetError, ConfigError, VerificationError
 
 HOLDOUT_KEY = "edgeopt_holdout"
-# Families that prepare a graph rather than compress it: a recipe of these plus one compression
-# technique is still a "single-technique" result.
-PREPARATION_FAMILIES = frozenset({"fold", "equalize", "ort"})
-
-
-def techniques_of(record) -> list[str]:
-    from .space import family_of
-
-    return [p for p in record.steps if family_of(p) not in PREPARATION_FAMILIES]
-
-
-def _single_technique_trials(records) -> list:
-    return [t for t in records if t.feasible and t.values and len(techniques_of(t)) == 1]
-
-
-def best_single_technique(records, directions):
-    """The best feasible trial whose recipe holds one compression technique (first Pareto point in
-    objective order among those), or None."""
-    from .study import choose_best, pareto_front
-
-    singles = _single_technique_trials(records)
-    return choose_best(pareto_front(singles, directions)) if singles else None
 
 
 def single_technique_comparison(result) -> dict | None:
     """The best single-technique trial and whether the chosen trial is at least as good on every objective."""
+    from .study import _single_technique_trials, best_single_technique, no_worse
+
     ref = best_single_technique(result.trials, result.directions)
     if ref is None:
         return None
     out = {"trial": ref.number, "recipe": ref.label(), "values": dict(zip(result.objectives, ref.values)),
            "single_technique_trials": len(_single_technique_trials(result.trials))}
     if result.best is not None:
-        from .study import no_worse
-
         out["chosen_values"] = dict(zip(result.objectives, result.best.values))
         out["chosen_at_least_as_good_on_every_objective"] = no_worse(result.best.values, ref.values, result.directions)
     return out

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .._json import to_jsonable
 from ..errors import BudgetError, ConfigError, EdgeOptError
 from .evaluate import CandidateEvaluator, ScreenedOut, TrialMetrics
-from .space import SearchSpace
+from .space import NONE, SearchSpace, family_of
 
 # objective name -> (TrialMetrics field, direction); "metric" takes its direction from the metric
 OBJECTIVES: dict[str, tuple[str, str | None]] = {
@@ -295,11 +295,29 @@ def choose_best(front: Sequence[TrialRecord], reference: TrialRecord | None = No
     return front[0]
 
 
+# Families that prepare a graph rather than compress it: a recipe of these plus one compression
+# technique is still a "single-technique" result.
+PREPARATION_FAMILIES = frozenset({"fold", "equalize", "ort"})
+
+
+def techniques_of(record) -> list[str]:
+    return [p for p in record.steps if family_of(p) not in PREPARATION_FAMILIES]
+
+
+def _single_technique_trials(records) -> list:
+    return [t for t in records if t.feasible and t.values and len(techniques_of(t)) == 1]
+
+
+def best_single_technique(records, directions):
+    """The best feasible trial whose recipe holds one compression technique (first Pareto point in
+    objective order among those), or None."""
+    singles = _single_technique_trials(records)
+    return choose_best(pareto_front(singles, directions)) if singles else None
+
+
 def pick(records: Sequence[TrialRecord], directions: Sequence[str]) -> tuple[list[TrialRecord], TrialRecord | None]:
     """(Pareto front, chosen trial) of a study's records: the one rule the search, the report and
     the progress bar share."""
-    from .outcome import best_single_technique
-
     front = pareto_front(records, directions)
     return front, choose_best(front, best_single_technique(records, directions), directions)
 
@@ -601,6 +619,7 @@ def run_search(
             # workers at once only yields a duplicate, which is pruned unevaluated
             if not study.user_attrs.get("promising_enqueued"):
                 study.set_user_attr("promising_enqueued", True)
+                _enqueue_probes(study, space, directions)
                 _enqueue_promising(study, directions, options.promising)
         fixed_train = any(k.startswith("train__") for k in trial.params)
         try:
@@ -688,6 +707,31 @@ def _requeue_interrupted(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         if t.user_attrs.get("interrupted") and t.number not in retried and t.params:
             optuna.storages.RetryHeartbeatStaleTrialCallback()(study, t)
+
+
+def _enqueue_probes(study, space: SearchSpace, directions) -> None:
+    """Queue the best single technique found so far combined with each expensive pass of the space
+    at that pass's mild settings (:meth:`Pass.mild_settings`), keeping the single technique's own
+    parameters. The search's pick must beat the best single technique on every objective; left to
+    the sampler, whether a mild enough combination is ever tried is chance (DS-CNN/KWS: 2 of 3
+    fresh searches found one; docs/search.md)."""
+    from ..recipe import step_name
+
+    records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+    ref = best_single_technique(records, directions)
+    if ref is None:
+        return
+    own = {family_of(p) for p in techniques_of(ref)}
+    families = space.families()
+    only_ref = {**ref.params, **{f"train__{fam}": NONE for fam, slots in families.items() if slots["train"]}}
+    for fam, slots in families.items():
+        if fam in own:
+            continue   # its expensive pass would replace the technique being combined with
+        for cls in slots["train"]:
+            step = step_name(cls.name)
+            for setting in cls.mild_settings():
+                params = {**only_ref, f"train__{fam}": cls.name, **{f"{step}__{k}": v for k, v in setting.items()}}
+                study.enqueue_trial(params, user_attrs={"probe_of": ref.number})
 
 
 def _enqueue_promising(study, directions, count: int) -> None:
