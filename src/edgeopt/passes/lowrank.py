@@ -94,8 +94,9 @@ class LowRank(Pass):
 
     @classmethod
     def mild_settings(cls):
-        # the mildest factorizations that still save MACs: trained conv nets are close to full rank
-        return [{"energy": 0.99, "epochs": 2}, {"energy": 0.98, "epochs": 4}]
+        # The mildest factorizations that change the network: on ResNet-8, energies 0.98-0.99 kept
+        # every conv whole (int8's latency and size exactly), 0.95-0.97 factorize a few layers.
+        return [{"energy": 0.97, "epochs": 2}, {"energy": 0.95, "epochs": 4}]
 
     def validate(self) -> None:
         super().validate()
