@@ -26,19 +26,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BudgetError, ConfigError, VerificationError
+from .study import (SearchOptions, best_single_technique, load_result, make_storage, no_worse, run_search,
+                    single_technique_trials)
 
 HOLDOUT_KEY = "edgeopt_holdout"
 
 
 def single_technique_comparison(result) -> dict | None:
     """The best single-technique trial and whether the chosen trial is at least as good on every objective."""
-    from .study import _single_technique_trials, best_single_technique, no_worse
-
     ref = best_single_technique(result.trials, result.directions)
     if ref is None:
         return None
     out = {"trial": ref.number, "recipe": ref.label(), "values": dict(zip(result.objectives, ref.values)),
-           "single_technique_trials": len(_single_technique_trials(result.trials))}
+           "single_technique_trials": len(single_technique_trials(result.trials))}
     if result.best is not None:
         out["chosen_values"] = dict(zip(result.objectives, result.best.values))
         out["chosen_at_least_as_good_on_every_objective"] = no_worse(result.best.values, ref.values, result.directions)
@@ -221,7 +221,6 @@ def optimize_with_search(
     from ..target import Target
     from .._json import to_jsonable
     from .space import SearchSpace, is_expensive
-    from .study import SearchOptions, make_storage, run_search
 
     spec = metric_spec(metric)
     handle = load(model)
@@ -316,7 +315,6 @@ def load_outcome(storage: str, study_name: str = "edgeopt") -> SearchOutcome:
     """Rebuild the report side of a :class:`SearchOutcome` from the study store (no model)."""
     import optuna
 
-    from .study import SearchOptions, load_result, make_storage
 
     result = load_result(storage, study_name)
     stored = optuna.load_study(study_name=study_name, storage=make_storage(storage, SearchOptions())).user_attrs.get(HOLDOUT_KEY) or {}

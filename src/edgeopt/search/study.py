@@ -304,14 +304,14 @@ def techniques_of(record) -> list[str]:
     return [p for p in record.steps if family_of(p) not in PREPARATION_FAMILIES]
 
 
-def _single_technique_trials(records) -> list:
+def single_technique_trials(records) -> list:
     return [t for t in records if t.feasible and t.values and len(techniques_of(t)) == 1]
 
 
 def best_single_technique(records, directions):
     """The best feasible trial whose recipe holds one compression technique (first Pareto point in
     objective order among those), or None."""
-    singles = _single_technique_trials(records)
+    singles = single_technique_trials(records)
     return choose_best(pareto_front(singles, directions)) if singles else None
 
 
