@@ -81,3 +81,12 @@ def test_least_squares_refit_recovers_a_factorized_resnet8(resnet8, cifar):
     refit, result = agreement(True)
     assert result.stats["reconstructed_layers"] > result.stats["layers_factorized"]
     assert refit > 0.9 and refit > plain + 0.2, (plain, refit)
+
+
+def test_an_energy_that_factorizes_no_layer_is_refused_before_training(mlp, mnist_ctx):
+    """Keeping all of each layer's energy leaves every layer whole: the result would be the input
+    fine-tuned, which a search would count as a second technique; the pass says so instead."""
+    from edgeopt.errors import PassError
+
+    with pytest.raises(PassError, match="factorizes no layer.*lower energy"):
+        LowRank(energy=1.0, epochs=3)(mlp, mnist_ctx)
