@@ -59,3 +59,27 @@ def test_at_least_as_good_uses_the_same_tolerance():
     slower = _t(5, 39.3215, 87464, -0.008)
     assert choose_best([chosen, slower], ref, MIN3).number == 67
     assert choose_best([_t(9, 39.40, 87528, -0.008)], ref, MIN3).number == 9   # order rule: no point beats ref
+
+
+def _r(number, steps, *values):
+    return SimpleNamespace(number=number, steps=list(steps), values=tuple(values), feasible=True)
+
+
+INT8 = ("fold", "quantize.int8")
+PRUNED_INT8 = ("prune.channels", "fold", "quantize.int8")
+
+
+def test_the_best_single_technique_is_probed_until_a_combination_beats_it():
+    from edgeopt.search.study import MAX_PROBE_ROUNDS, probe_reference
+
+    int8 = _r(20, INT8, 8.593, 33772, -0.007)
+    luckier = _r(40, INT8, 8.593, 33772, -0.012)   # the same network, a luckier calibration on the tune rows
+    pruned = _r(30, PRUNED_INT8, 7.569, 30828, -0.011)
+    assert probe_reference([int8], MIN3, probed=[]).number == 20
+    assert probe_reference([int8], MIN3, probed=[20]) is None                  # probed once per reference
+    assert probe_reference([int8, pruned], MIN3, probed=[]) is None            # a combination already beats it
+    # a luckier single-technique variant becomes the reference and the pruned point no longer beats it
+    assert probe_reference([int8, pruned, luckier], MIN3, probed=[20]).number == 40
+    # another single technique that is as good as the reference is not a combination that beats it
+    assert probe_reference([int8, _r(41, ("equalize", "quantize.int8"), 8.593, 33772, -0.007)], MIN3, probed=[]).number == 20
+    assert probe_reference([int8, pruned, luckier], MIN3, probed=list(range(MAX_PROBE_ROUNDS))) is None

@@ -41,6 +41,7 @@ OBJECTIVES: dict[str, tuple[str, str | None]] = {
     "metric": ("metric_value", None),
 }
 CONSTRAINT_NAMES = ("accuracy_drop", "ram", "storage", "unsupported")
+MAX_PROBE_ROUNDS = 3   # single-technique references probed with mild combinations, per study
 META_KEY = "edgeopt"
 
 
@@ -613,14 +614,16 @@ def run_search(
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         finished = _counts(study)["finished"]
         expensive_now = space.has_expensive and finished >= threshold_expensive
-        if expensive_now and not seeded_phase2["done"]:
-            seeded_phase2["done"] = True
-            # once per study (a late-joining worker sees the mark); a rare double enqueue by two
-            # workers at once only yields a duplicate, which is pruned unevaluated
-            if not study.user_attrs.get("promising_enqueued"):
-                study.set_user_attr("promising_enqueued", True)
-                _enqueue_probes(study, space, directions)
-                _enqueue_promising(study, directions, options.promising)
+        if expensive_now:
+            # probes (once per reference, recorded in the study) go first in the queue
+            _seek_dominance(study, space, directions)
+            if not seeded_phase2["done"]:
+                seeded_phase2["done"] = True
+                # once per study (a late-joining worker sees the mark); a rare double enqueue by two
+                # workers at once only yields a duplicate, which is pruned unevaluated
+                if not study.user_attrs.get("promising_enqueued"):
+                    study.set_user_attr("promising_enqueued", True)
+                    _enqueue_promising(study, directions, options.promising)
         fixed_train = any(k.startswith("train__") for k in trial.params)
         try:
             recipe = space.suggest(trial, allow_expensive=expensive_now or fixed_train, seed=seed)
@@ -709,18 +712,36 @@ def _requeue_interrupted(study) -> None:
             optuna.storages.RetryHeartbeatStaleTrialCallback()(study, t)
 
 
-def _enqueue_probes(study, space: SearchSpace, directions) -> None:
-    """Queue the best single technique found so far combined with each expensive pass of the space
-    at that pass's mild settings (:meth:`Pass.mild_settings`), keeping the single technique's own
-    parameters. The search's pick must beat the best single technique on every objective; left to
-    the sampler, whether a mild enough combination is ever tried is chance (DS-CNN/KWS: 2 of 3
-    fresh searches found one; docs/search.md)."""
+def probe_reference(records: Sequence[TrialRecord], directions: Sequence[str], probed: Sequence[int]) -> TrialRecord | None:
+    """The single-technique trial to probe next (see :func:`_seek_dominance`): the best single
+    technique so far, unless it was probed already, ``MAX_PROBE_ROUNDS`` references were, or a
+    combination of techniques on the front is already at least as good as it on every objective."""
+    ref = best_single_technique(records, directions)
+    if ref is None or ref.number in probed or len(probed) >= MAX_PROBE_ROUNDS:
+        return None
+    if any(len(techniques_of(t)) > 1 and no_worse(t.values, ref.values, directions) for t in pareto_front(records, directions)):
+        return None
+    return ref
+
+
+def _seek_dominance(study, space: SearchSpace, directions) -> None:
+    """Queue the best single technique combined with each expensive pass of the space at that pass's
+    mild settings (:meth:`Pass.mild_settings`), keeping the single technique's own parameters.
+
+    The search's pick must be at least as good as the best single technique on every objective.
+    Left to the sampler, whether a mild enough combination is ever tried on top of it is chance
+    (DS-CNN/KWS: 2 of 3 fresh searches found one; docs/search.md). Called before every trial of the
+    expensive phase: when a luckier single-technique variant becomes the reference later and no
+    combination beats it, it is probed too (at most ``MAX_PROBE_ROUNDS`` references per study).
+    """
     from ..recipe import step_name
 
     records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
-    ref = best_single_technique(records, directions)
+    probed = list(study.user_attrs.get("probed_references", []))
+    ref = probe_reference(records, directions, probed)
     if ref is None:
         return
+    study.set_user_attr("probed_references", probed + [ref.number])
     own = {family_of(p) for p in techniques_of(ref)}
     families = space.families()
     only_ref = {**ref.params, **{f"train__{fam}": NONE for fam, slots in families.items() if slots["train"]}}
