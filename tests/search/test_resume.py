@@ -27,8 +27,10 @@ def test_kill_9_mid_trial_then_resume_keeps_finished_trials(tmp_path):
     shared("mlperf_tiny/kws/dscnn_kws12.onnx")
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
-    # every pass takes 2 s longer, so the kill below lands mid-trial even on a loaded machine
-    proc = subprocess.Popen([sys.executable, str(WORKER), url, str(N), "--grace", "2", "--trial-delay", "2"],
+    # every pass takes 2 s longer, so the kill below lands mid-trial even on a loaded machine; a
+    # grace of 6 heartbeats keeps a live trial whose heartbeat thread a loaded machine delays from
+    # being failed as stale (with grace 2 this test failed once while four busy processes shared 2 cores)
+    proc = subprocess.Popen([sys.executable, str(WORKER), url, str(N), "--grace", "6", "--trial-delay", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killed_during = None
     deadline = time.monotonic() + 180
@@ -59,7 +61,7 @@ def test_kill_9_mid_trial_then_resume_keeps_finished_trials(tmp_path):
     assert interrupted.state.name == "RUNNING"   # what kill -9 leaves behind
     finished_before = {n: t for n, t in before.items() if t.state.is_finished()}
 
-    resumed = subprocess.run([sys.executable, str(WORKER), url, str(N), "--grace", "2"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, str(WORKER), url, str(N), "--grace", "6"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     after = _snapshot(url)
