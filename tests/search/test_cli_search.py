@@ -58,3 +58,14 @@ def test_parse_duration():
     for bad in ("soon", "5x", "-3", "0"):
         with pytest.raises(ConfigError):
             parse_duration(bad)
+
+
+def test_a_held_out_drop_over_the_budget_is_a_warning_naming_the_remedy():
+    from edgeopt.cli.cmd_optimize import held_out_warning
+
+    # ResNet-8, study ic11: picked at -0.8 pt on 250 tune rows under --drop-bound estimate, +4.4 pt held out
+    missed = {"drop": 0.044, "max_drop": 0.01, "within_budget": False}
+    assert held_out_warning({**missed, "within_budget": True}, "estimate") is None
+    text = held_out_warning(missed, "estimate")
+    assert "0.0440 is over --max-drop 0.01" in text and "--drop-bound upper" in text
+    assert "--drop-bound" not in held_out_warning(missed, "upper")

@@ -133,4 +133,16 @@ def run_searching(model, *, data, out, metric, max_drop, split, techniques, time
     if h:
         c.print(f"chosen: trial {result.best.number} ({result.best.label()}); held-out {h['metric']} {h['value']:.4f} "
                 f"(original {h['baseline']:.4f}, drop {h['drop']:.4f} on {h['samples']} eval rows)")
+        if warning := held_out_warning(h, result.search.drop_bound):
+            c.print(f"[bold yellow]warning:[/] {warning}")
     c.print(f"wrote {out}/model.onnx, recipe.yaml, report.json, report.html")
+
+
+def held_out_warning(held_out: dict, drop_bound: str) -> str | None:
+    """What to tell the user when the chosen model misses the budget on the held-out rows, or None."""
+    if held_out.get("within_budget", True):
+        return None
+    advice = ("search with more tune rows" if drop_bound == "upper"
+              else "search with --drop-bound upper (judges the drop's 95% CI upper end) or with more tune rows")
+    return (f"the held-out drop {held_out['drop']:.4f} is over --max-drop {held_out['max_drop']:.4g}: the tune rows "
+            f"over-estimated this model. Check it on more data before shipping it, or {advice}.")
