@@ -47,3 +47,4 @@ def test_best_single_technique_is_probed_with_each_expensive_pass_at_its_mild_se
     assert {k: v for k, v in probe.params.items() if k in ref.params} == dict(ref.params)
     assert probe.steps == ["prune.trained_threshold", "quantize.dynamic_int8"]
     assert probe.state == "COMPLETE" and probe.feasible
+    assert probe.origin.startswith(f"probe: trial {ref.number} ")   # the report says why it ran

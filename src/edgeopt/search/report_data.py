@@ -50,6 +50,7 @@ def trials_table(result) -> list[dict[str, Any]]:
             "pareto": t.number in pareto,
             "chosen": t.number == best,
             "reason": t.reason,
+            "origin": t.origin,
             "retry_of": t.retry_of,
             "worker": t.worker,
         })
@@ -158,7 +159,7 @@ def render_html(result) -> str:
             f"<td>{format_bytes(r['size_bytes'])}</td><td>{format_bytes(r['ram_bytes'])}</td>"
             f"<td>{_num(r['energy_uj_estimated'], '.3g')}</td>"
             f"<td class='l'>{'yes' if r['feasible'] else e(', '.join(r['violates']) or '-')}</td>"
-            f"<td>{'★' if r['chosen'] else ('•' if r['pareto'] else '')}</td><td class='l'>{e(r['reason'] or '')}</td></tr>")
+            f"<td>{'★' if r['chosen'] else ('•' if r['pareto'] else '')}</td><td class='l'>{e('; '.join(x for x in (r['origin'], r['reason']) if x))}</td></tr>")
     budget_rows = []
     for b in budgets(result)[:2]:
         budget_rows.append(f"<tr><td class='l'>{b['budget']}</td><td>{format_bytes(b['limit_bytes']) if b['limit_bytes'] else 'no budget'}</td>"

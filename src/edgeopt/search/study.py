@@ -78,6 +78,7 @@ class TrialRecord:
     duration_s: float | None = None
     worker: str | None = None                   # host:pid of the process that ran it
     duplicate_of: int | None = None             # re-proposed recipe: pruned unevaluated, not budgeted
+    origin: str | None = None                   # why a queued (not sampled) trial was run
 
     @property
     def feasible(self) -> bool:
@@ -105,7 +106,7 @@ class TrialRecord:
             "constraints": dict(zip(CONSTRAINT_NAMES, self.constraints)) if self.constraints else None,
             "feasible": self.feasible, "values": list(self.values) if self.values else None,
             "reason": self.reason, "retry_of": self.retry_of, "duration_s": self.duration_s, "worker": self.worker,
-            "duplicate_of": self.duplicate_of,
+            "duplicate_of": self.duplicate_of, "origin": self.origin,
         }
 
     @classmethod
@@ -119,8 +120,16 @@ class TrialRecord:
             constraints=tuple(trial.constraints[n] for n in CONSTRAINT_NAMES) if all(n in trial.constraints for n in CONSTRAINT_NAMES) else None,
             values=tuple(trial.values) if trial.values else None, reason=attrs.get("reason"),
             retry_of=trial.system_attrs.get("failed_trial"), duration_s=duration, worker=attrs.get("worker"),
-            duplicate_of=attrs.get("duplicate_of"),
+            duplicate_of=attrs.get("duplicate_of"), origin=_origin(attrs),
         )
+
+
+def _origin(attrs: Mapping[str, Any]) -> str | None:
+    if attrs.get("probe_of") is not None:
+        return f"probe: trial {attrs['probe_of']} (best single technique) + a mild structural pass"
+    if attrs.get("requeued_from") is not None:
+        return f"trial {attrs['requeued_from']} re-queued for training passes"
+    return None
 
 
 @dataclass
