@@ -145,3 +145,18 @@ def test_unknown_drop_bound_is_refused_before_any_work(tmp_path, resnet8_path, c
     assert code == 1 and "Traceback" not in err and err.strip().startswith("error:")
     assert "--drop-bound must be one of ['upper', 'estimate']" in err and "'lower'" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["optimize", "m.onnx", "--data", "d.npz", "--bogus"], ["No such option: --bogus"]),
+    (["optimize", "m.onnx", "--data", "d.npz", "--max-drop"], ["'--max-drop' requires an argument"]),
+    (["nosuchcommand"], ["No such command 'nosuchcommand'"]),
+])
+def test_usage_errors_are_a_message_and_exit_code_2_not_a_traceback(argv, words, capsys):
+    # typer >= 0.2x vendors click, so catching click's own exception class missed these (a traceback)
+    code = run(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and "Error:" in err
+    for w in words:
+        assert w in err

@@ -69,14 +69,14 @@ def run(argv: list[str] | None = None) -> int:
         return e.exit_code
     except SystemExit as e:
         return int(e.code or 0)
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except typer.Abort:
+        return 130
+    except Exception as e:
+        # Usage errors (unknown option, bad value): click's ClickException, which typer >= 0.2x
+        # vendors as typer._click instead of depending on click, so it is matched by what it does.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 130
         raise
     return 0
 
