@@ -1,4 +1,4 @@
-"""The issue's bar, for real (slow: 40-50 min on 2 cores): DS-CNN / Speech Commands on cortex-m7 with
+"""The issue's bar, for real (slow: 62 min on 2 cores shared with another job): DS-CNN / Speech Commands on cortex-m7 with
 --max-drop 1pt and objectives latency, size and drop, the command in docs/search.md. Rows: calib
 0:500, train 500:2500, tune 2500:3500, eval 3500:4890 (disjoint; eval only checks the chosen model)."""
 
