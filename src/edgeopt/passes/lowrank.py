@@ -164,27 +164,25 @@ class LowRank(Pass):
         module = to_torch(model)
         example = example_input(model, batch=1, seed=ctx.seed)
         macs_before, params_before = macs_and_params(module, example)
-        # the unfactorized twin for the refit, copied rather than converted and verified a second time
-        teacher = copy.deepcopy(module) if self.reconstruct else None
-        ranks = {}
         candidates = [(n, m) for n, m in module.named_modules()
                       if isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1)]
-        for name, layer in candidates:
-            rank = self.choose_rank(layer)
-            if rank is None:
-                continue
-            ranks[name] = {"rank": rank, "full_rank": int(min(layer.weight.shape[0], np.prod(layer.weight.shape[1:])))}
-            _replace(module, name, factorize(layer, rank))
+        ranks = {name: {"rank": rank, "full_rank": int(min(layer.weight.shape[0], np.prod(layer.weight.shape[1:])))}
+                 for name, layer in candidates if (rank := self.choose_rank(layer)) is not None}
         if not ranks:
             # Training the unfactorized model would only be fine-tuning under another name: a search
             # would count it as a second technique at the first one's cost (ResNet-8 at energy 0.98).
             setting = f"mac_fraction {self.mac_fraction:g}" if self.mac_fraction is not None else f"energy {self.energy:g}"
             raise PassError(f"{self.name}: {setting} factorizes no layer (at that rank none of the {len(candidates)} "
                             "Conv/Linear layers would save MACs); use a lower energy or a mac_fraction")
+        # the unfactorized twin for the refit, copied rather than converted and verified a second time
+        teacher = copy.deepcopy(module) if self.reconstruct else None
+        layers = dict(candidates)
+        for name, r in ranks.items():
+            _replace(module, name, factorize(layers[name], r["rank"]))
         if hasattr(module, "recompile"):
             module.recompile()
         macs_after, params_after = macs_and_params(module, example)
-        refit = self._refit(module, teacher, model, ctx, list(ranks)) if ranks and self.reconstruct else []
+        refit = self._refit(module, teacher, model, ctx, list(ranks)) if self.reconstruct else []
         report = recover(module, model, ctx, fine_tune_config(self.epochs, self.lr, **({"keep_start": True} | ctx.options.get("fine_tune", {}))))
         new = export(module, model, self.record(), seed=ctx.seed)
         return PassResult(new, {
