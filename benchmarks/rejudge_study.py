@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from edgeopt.search.study import best_single_technique  # noqa: E402
-from edgeopt.search.study import DROP_BOUNDS, choose_best, constraint_values, load_result, pareto_front  # noqa: E402
+from edgeopt.search.study import (DROP_BOUNDS, best_single_technique, choose_best, constraint_values,  # noqa: E402
+                                  load_result, pareto_front)
 
 
 def rejudge(url: str) -> dict:

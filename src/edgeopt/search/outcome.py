@@ -315,7 +315,6 @@ def load_outcome(storage: str, study_name: str = "edgeopt") -> SearchOutcome:
     """Rebuild the report side of a :class:`SearchOutcome` from the study store (no model)."""
     import optuna
 
-
     result = load_result(storage, study_name)
     stored = optuna.load_study(study_name=study_name, storage=make_storage(storage, SearchOptions())).user_attrs.get(HOLDOUT_KEY) or {}
     return SearchOutcome(result, held_out=stored.get("held_out"), data_record=stored.get("data") or {}, source=stored.get("source"))
