@@ -745,8 +745,10 @@ def _seek_dominance(study, space: SearchSpace, directions) -> None:
     """
     from ..recipe import step_name
 
-    records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
     probed = list(study.user_attrs.get("probed_references", []))
+    if len(probed) >= MAX_PROBE_ROUNDS:
+        return   # called before every trial: do not read every trial record once the rounds are spent
+    records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
     ref = probe_reference(records, directions, probed)
     if ref is None:
         return
