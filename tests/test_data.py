@@ -20,6 +20,29 @@ def test_npz_default_and_custom_keys(tmp_path, cifar):
     assert d.x.shape == (5, 3) and list(d.y) == [0, 1, 2, 3, 4]
 
 
+def test_npz_without_x_takes_its_other_arrays_as_the_inputs(tmp_path):
+    path = tmp_path / "tokens.npz"
+    ids, mask = np.arange(12).reshape(4, 3), np.ones((4, 3), np.int64)
+    np.savez(path, input_ids=ids, attention_mask=mask, y=np.arange(4))
+    d = load_data(path)
+    assert d.is_multi_input and sorted(d.x) == ["attention_mask", "input_ids"] and list(d.y) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(d.x["input_ids"], ids)
+    one = tmp_path / "feats.npz"
+    np.savez(one, feats=np.ones((5, 3)), y=np.arange(5))
+    d = load_data(one)
+    assert not d.is_multi_input and d.x.shape == (5, 3)
+    # arrays that are not the model's inputs are named in the error, with the option that fixes it
+    class Spec:
+        def __init__(self, name):
+            self.name, self.shape, self.batch_axis, self.dtype = name, ["batch", 3], 0, "int64"
+
+    class TwoInputs:
+        inputs = [Spec("input_ids"), Spec("token_type_ids")]
+
+    with pytest.raises(DataError, match=r"missing \['token_type_ids'\].*--x-key"):
+        fit_to_model(load_data(path), TwoInputs())
+
+
 def test_npz_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, x=np.array([{"a": 1}], dtype=object))

@@ -425,6 +425,51 @@ def test_constant_node_weights_profile_and_run_like_initializers(transformer):
     assert b.weight_bytes == a.weight_bytes
 
 
+def test_optimize_two_input_transformer_with_constant_node_weights(transformer, text_data, tmp_path, capsys):
+    """The PTQ loop end to end: weights stored as Constant nodes, two int64 inputs found in the .npz
+    by their names (no --x-key), int8 calibrated on both inputs and emitted."""
+    _, handle = transformer
+    path = tmp_path / "constants.onnx"
+    onnx.save(initializers_to_constants(handle.proto()), str(path))
+    report = cli_json(capsys, "optimize", str(path), "--data", str(text_data), "--metric", "agreement",
+                      "--max-drop", "50pt", "--techniques", "int8", "--quick", "--goal", "size",
+                      "--bench-rounds", "1", "--out", str(tmp_path / "out"))
+    chosen = report["chosen"]
+    assert chosen["name"] == "int8-minmax" and chosen["size_ratio"] < 0.5
+    int8 = next(s for s in chosen["stats"] if s["pass"] == "quantize.int8")
+    assert len(int8["quantized_layers"]) == 5 and int8["calibration_rows"] == [0, 20]  # 4 MatMul/Gemm + head
+    emitted = edgeopt.load(tmp_path / "out" / "model.onnx")
+    ops = {n.op_type for n in emitted.proto().graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Constant" not in ops
+    data = fit_to_model(load_data(text_data), emitted)
+    agreement = float(np.mean(emitted.predict(data.x)[0].argmax(1) == handle.predict(data.x)[0].argmax(1)))
+    assert agreement >= 0.5  # the emitted model really computes the transformer (chance is 1/3)
+
+
+def test_fp16_of_a_transformer_keeps_shape_hints_and_a_crashing_conversion_is_refused(transformer, text_data):
+    """ONNX Runtime 1.32 segfaults creating sessions for some fp16 transformer graphs (its own
+    converter's output without shape hints, or after its own fusions). The pass keeps the hints and
+    checks the load in a child process, so the caller gets a typed error instead of a dead process."""
+    from edgeopt.errors import UnsupportedModelError
+    from edgeopt.passes import make_pass
+    from edgeopt.passes.base import PassContext
+
+    _, handle = transformer
+    data = fit_to_model(load_data(text_data), handle)
+    half = make_pass("quantize.fp16")(handle, PassContext()).model
+    assert len(half.proto().graph.value_info) > 0
+    agreement = np.mean(half.predict(data.x)[0].argmax(1) == handle.predict(data.x)[0].argmax(1))
+    assert agreement >= 0.95
+    fused = make_pass("ort.optimize", {"level": "extended"})(handle, PassContext()).model
+    assert "SkipLayerNormalization" in {n.op_type for n in fused.proto().graph.node}
+    try:
+        half_fused = make_pass("quantize.fp16")(fused, PassContext()).model
+    except UnsupportedModelError as e:
+        assert "ONNX Runtime" in str(e) and "not emitted" in str(e) or "cannot load" in str(e)
+    else:  # a fixed ONNX Runtime: then the result must run
+        assert half_fused.predict(data.x)[0].shape == (len(data), 3)
+
+
 def test_nodes_out_of_order_are_sorted_on_load():
     proto = sequence_model()
     nodes = list(proto.graph.node)

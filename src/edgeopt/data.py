@@ -316,6 +316,12 @@ def _read_npz(path: Path, x_key: str, y_key: str | None) -> Dataset:
     with archive:
         keys = list(archive.keys())
         x_keys = [k.strip() for k in x_key.split(",") if k.strip()]
+        if x_key == "x" and "x" not in keys:
+            # No array named by the default: the other arrays are the inputs (one per model input,
+            # named as the inputs, is how multi-input data is saved); fit_to_model checks the names.
+            x_keys = [k for k in keys if k not in (y_key, "label_names")] or x_keys
+            if len(x_keys) > 1:
+                x_key = ",".join(x_keys)
         absent = [k for k in x_keys if k not in keys]
         if absent or not x_keys:
             raise DataError(f"{str(path)!r} has no array {', '.join(map(repr, absent)) or repr(x_key)} for the inputs; "
@@ -463,7 +469,9 @@ def _fit_inputs(data: Dataset, model) -> Dataset:
     extra = [k for k in data.x if k not in names]
     if missing or extra:
         raise DataError(f"data {data.name!r} has arrays {list(data.x)} but the model's inputs are {names}"
-                        + (f"; missing {missing}" if missing else "") + (f"; not inputs: {extra}" if extra else ""))
+                        + (f"; missing {missing}" if missing else "") + (f"; not inputs: {extra}" if extra else "")
+                        + ". Name the arrays that feed the inputs with --x-key (Python: x_key=), a comma list "
+                        "in input order, and the labels with --y-key")
     fitted = {}
     for spec in model.inputs:
         arr = np.asarray(data.x[spec.name])

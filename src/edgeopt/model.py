@@ -449,6 +449,40 @@ def make_session(model: bytes | str | os.PathLike, *, threads: int = 1, optimize
         raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {first_line(e)}") from e
 
 
+def check_loads_isolated(model: bytes, what: str, *, timeout: float = 120.0) -> None:
+    """Create the ONNX Runtime session for ``model`` in a child process first; raise
+    UnsupportedModelError if the child crashes or fails.
+
+    ONNX Runtime 1.32 dies with SIGSEGV (no Python exception, so the whole optimizer run is lost)
+    creating sessions for some graphs that its own float16 converter emits (measured: a transformer
+    encoder, converted to fp16 after ORT's own fusions or with its shape hints dropped). A child
+    process costs about 0.35 s; passes whose output can trip such crashes call this before the
+    model is run in process.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    code = "import sys; from edgeopt.model import make_session; make_session(sys.argv[1])"
+    with tempfile.TemporaryDirectory(prefix="edgeopt-loadcheck-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model)
+        try:
+            # the child imports this very edgeopt, installed or not
+            here = str(Path(__file__).resolve().parents[1])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+            done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                                  timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise UnsupportedModelError(f"{what}: ONNX Runtime did not finish loading the result within {timeout:g} s") from e
+    if done.returncode < 0:
+        raise UnsupportedModelError(f"{what}: ONNX Runtime crashes (signal {-done.returncode}) loading the result; "
+                                    "it was not emitted")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise UnsupportedModelError(f"{what}: ONNX Runtime cannot load the result: {last}")
+
+
 # ------------------------------------------------------------------------------------------------
 # Loaders
 # ------------------------------------------------------------------------------------------------

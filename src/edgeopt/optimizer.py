@@ -471,7 +471,7 @@ def optimize(
 
             bar.step("per-layer sensitivity (one layer int8 at a time)")
             folded = fold(handle, ctx).model
-            sensitivity = layer_sensitivity(folded, ctx, rows=tune.x[:SENSITIVITY_ROWS],
+            sensitivity = layer_sensitivity(folded, ctx, rows=tune.take(0, min(SENSITIVITY_ROWS, len(tune))).x,
                                             reference=ref_tune[:SENSITIVITY_ROWS], samples=calibration_samples,
                                             progress=bar.update)
             bar.done()
@@ -497,9 +497,10 @@ def optimize(
         if built:
             from .bench import benchmark
 
+            bench_feeds = handle.feeds_from_samples(eval_data.take(0, 1).x)  # one real sample, model layout
             bar.step(f"benchmarking {len(built) + 1} models ({bench_rounds} rounds)")
             report = benchmark([handle, *[c.model for c in built]], threads=1, rounds=bench_rounds,
-                               iterations=bench_iterations, warmup=10, inputs=eval_data.x[:1], progress=bar.update)
+                               iterations=bench_iterations, warmup=10, inputs=bench_feeds, progress=bar.update)
             bench_info = dict(report.settings)
             base_size = _baseline_size(handle, source_path)
             baseline.bench = _bench_dict(report.results[0])
@@ -518,7 +519,7 @@ def optimize(
             if contenders and not over_budget() and not quick:
                 bar.step(f"confirming {len(contenders)} fastest ({2 * bench_rounds} rounds)")
                 confirm = benchmark([handle, *[c.model for c in contenders]], threads=1, rounds=2 * bench_rounds,
-                                    iterations=bench_iterations, warmup=10, inputs=eval_data.x[:1], progress=bar.update)
+                                    iterations=bench_iterations, warmup=10, inputs=bench_feeds, progress=bar.update)
                 baseline.bench = {**_bench_dict(confirm.results[0]), "run": "confirmation"}
                 for c, r in zip(contenders, confirm.results[1:]):
                     c.bench = {**_bench_dict(r), "run": "confirmation", "screening_latency_ratio": c.latency_ratio,

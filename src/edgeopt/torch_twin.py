@@ -54,6 +54,10 @@ def _import_onnx2torch():
         from onnx2torch import convert
 
         return convert
+    # onnx2torch's Slice indexes with a list (torch warns on every twin that slices, once per trial in a
+    # search, on the user's terminal); the indexing is correct for the torch we pin. Only that message.
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning, module="onnx2torch")
     stub = _torchvision_stub()
     saved = {name: sys.modules.get(name) for name in stub}
     real_torchvision = saved["torchvision"] is not None

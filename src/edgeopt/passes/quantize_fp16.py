@@ -7,6 +7,7 @@ back to float32, GPUs and some NPUs run fp16 natively), which is why the optimiz
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..model import check_loads_isolated
 from ..quant.compact import compact as compact_graph
 from .base import Choice, Pass, PassContext, PassResult
 
@@ -37,5 +38,9 @@ class QuantizeFp16(Pass):
         blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(self.op_block_list))
         converted = convert_float_to_float16(proto, keep_io_types=self.keep_io_types, op_block_list=blocked,
                                              disable_shape_infer=False)
-        stats = {"compaction": compact_graph(converted)}
-        return PassResult(model.derive(converted, self.record()), stats)
+        # Keep the shape hints: without them ONNX Runtime 1.32 crashes (SIGSEGV, no exception) creating a
+        # session for an fp16 transformer (LayerNormalization fed by an fp16 Add whose shape it must infer).
+        stats = {"compaction": compact_graph(converted, keep_shapes=True)}
+        result = model.derive(converted, self.record())
+        check_loads_isolated(result.onnx_bytes, "quantize.fp16")  # the converter's output can crash ORT (see there)
+        return PassResult(result, stats)

@@ -26,9 +26,30 @@ from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def hoist_constants(proto) -> int:
+    """Move tensor-valued ``Constant`` nodes of the main graph into initializers, in place; returns
+    how many moved. Some exporters store every weight as a Constant node, and ORT's quantizer only
+    quantizes initializer weights. (ORT's own graph optimizer does this too, inside ``fold``; this
+    covers ``quantize.int8`` run without it. Written here because it is a few lines on the proto.)"""
+    moved = []
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = type(node.attribute[0].t)()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            moved.append((node, tensor))
+    for node, tensor in moved:
+        proto.graph.node.remove(node)
+        proto.graph.initializer.append(tensor)
+    return len(moved)
+
+
 def quantizable_nodes(proto) -> list[str]:
-    """Names of nodes with a constant weight the int8 quantizer will convert (in graph order)."""
-    inits = {i.name for i in proto.graph.initializer}
+    """Names of nodes with a constant weight the int8 quantizer will convert (in graph order); a
+    weight may be an initializer or a tensor ``Constant`` node."""
+    inits = {i.name for i in proto.graph.initializer} | {
+        n.output[0] for n in proto.graph.node
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"}
     out = []
     for node in proto.graph.node:
         if node.op_type in QUANTIZABLE_WEIGHT_OPS and len(node.input) > 1 and node.input[1] in inits:
@@ -122,6 +143,7 @@ class QuantizeInt8(Pass):
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         proto = model.proto()
+        hoist_constants(proto)
         candidates = quantizable_nodes(proto)
         if not candidates:
             raise UnsupportedModelError(
@@ -141,7 +163,7 @@ class QuantizeInt8(Pass):
         extra = {"CalibPercentile": float(self.percentile), "CalibMovingAverage": False}
         cache = calibration.cache_path(ctx.options.get("calibration_cache_dir"), model.onnx_bytes, x,
                                        method=self.calibration, percentile=float(self.percentile))
-        ctx.report(f"int8: calibrating on {len(x)} rows ({self.calibration})", 0.1)
+        ctx.report(f"int8: calibrating on {calibration.sample_count(x)} rows ({self.calibration})", 0.1)
         from ..quant import quiet
 
         with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp, quiet():
@@ -158,7 +180,7 @@ class QuantizeInt8(Pass):
                 calibration_cache_path=cache,
             )
             quantized = onnx.load(str(out))
-        stats = {"activations": act, "weights": "s8", "calibration_rows": list(rows) if rows else [0, len(x)],
+        stats = {"activations": act, "weights": "s8", "calibration_rows": list(rows) if rows else [0, calibration.sample_count(x)],
                  "quantized_layers": [n for n in candidates if n not in excluded],
                  "float_layers": [n for n in candidates if n in excluded]}
         if self.bias_correction:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def correct_biases(qdq_proto, float_model, x: np.ndarray) -> int:
+def correct_biases(qdq_proto, float_model, x: np.ndarray | dict[str, np.ndarray]) -> int:
     """Edit float biases in ``qdq_proto`` in place; returns how many layers were corrected."""
     import onnx
     from onnx import numpy_helper
@@ -44,11 +44,13 @@ def correct_biases(qdq_proto, float_model, x: np.ndarray) -> int:
             if name not in existing:
                 p.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
         session = make_session(p.SerializeToString(), threads=1)
-        input_name = session.get_inputs()[0].name
-        fixed = session.get_inputs()[0].shape[0]
-        step = fixed if isinstance(fixed, int) else 64
-        parts = [session.run(wanted, {input_name: x[i : i + step]}) for i in range(0, len(x), step)]
-        return [np.concatenate([part[j] for part in parts], axis=0) for j in range(len(wanted))]
+        parts = [session.run(wanted, feeds) for feeds in batches]
+        # a fixed batch pads the last batch: keep one row per sample
+        return [np.concatenate([part[j] for part in parts], axis=0)[:count] for j in range(len(wanted))]
+
+    from .calibration import feed_batches, sample_count
+
+    batches, count = feed_batches(float_model, x, 64), sample_count(x)
 
     fp = run_with(float_proto, names)
     corrected = 0

@@ -27,41 +27,67 @@ def ort_method(name: str):
     return table[name]
 
 
-def calibration_rows(calib, samples: int) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """The rows used for calibration (first ``samples``) and their source row range."""
+def calibration_rows(calib, samples: int) -> tuple[np.ndarray | dict[str, np.ndarray], tuple[int, int] | None]:
+    """The rows used for calibration (first ``samples``; ``{input: array}`` for several inputs,
+    samples on axis 0) and their source row range."""
     if calib is None or len(calib) == 0:
         raise DataError("int8 calibration needs calibration data (the calib split is empty or missing)")
     n = min(int(samples), len(calib))
     rows = None
     if calib.rows:
         rows = (calib.rows[0], calib.rows[0] + n)
-    return np.asarray(calib.x[:n]), rows
+    return calib.take(0, n).x, rows
+
+
+def sample_count(x: np.ndarray | dict[str, np.ndarray]) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def feed_batches(model, x: np.ndarray | dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+    """``x`` (samples on axis 0, one array or ``{input: array}``) cut into model-layout feeds of
+    ``batch`` samples (each input's samples moved to its batch axis, dtypes cast as the model wants).
+    A model with a fixed batch of k > 1 gets its last short batch padded by repeating its last sample."""
+    n = sample_count(x)
+    fixed = next((s.shape[s.batch_axis] for s in model.inputs
+                  if s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)), None)
+    step = fixed or max(1, int(batch))
+    out = []
+    for start in range(0, n, step):
+        index = list(range(start, min(start + step, n)))
+        index += [index[-1]] * (step - len(index)) if fixed else []
+        chunk = {k: np.asarray(v)[index] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)[index]
+        out.append({k: np.ascontiguousarray(v) for k, v in model.feeds_from_samples(chunk).items()})
+    return out
 
 
 class ArrayReader:
-    """``CalibrationDataReader`` over an array, in fixed batches (the ORT quantizer pulls dicts)."""
+    """``CalibrationDataReader`` over prepared feeds (the ORT quantizer pulls one dict per batch).
 
-    def __init__(self, input_name: str, x: np.ndarray, dtype: str, batch: int):
-        self.input_name = input_name
-        self.x = np.asarray(x).astype(dtype, copy=False)
-        self.batch = max(1, int(batch))
+    ``ArrayReader(input_name, x, dtype, batch)`` also reads a plain array for a single named input."""
+
+    def __init__(self, feeds: "list[dict[str, np.ndarray]] | str", x: np.ndarray | None = None,
+                 dtype: str = "float32", batch: int = 1):
+        if isinstance(feeds, str):
+            arr = np.asarray(x).astype(dtype, copy=False)
+            step = max(1, int(batch))
+            feeds = [{feeds: np.ascontiguousarray(arr[i : i + step])} for i in range(0, len(arr), step)]
+        self.feeds = feeds
         self._start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._start >= len(self.x):
+        if self._start >= len(self.feeds):
             return None
-        chunk = self.x[self._start : self._start + self.batch]
-        self._start += self.batch
-        return {self.input_name: np.ascontiguousarray(chunk)}
+        self._start += 1
+        return self.feeds[self._start - 1]
 
     def rewind(self) -> None:
         self._start = 0
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch)
+        return len(self.feeds)
 
     def set_range(self, start_index: int, end_index: int) -> None:  # ORT's strided-calibration hook
-        self._start = start_index * self.batch
+        self._start = start_index
 
 
 def equal_batch(rows: int, largest: int) -> int:
@@ -75,17 +101,12 @@ def equal_batch(rows: int, largest: int) -> int:
     return next(b for b in range(min(largest, rows), 0, -1) if rows % b == 0)
 
 
-def reader_for(model, x: np.ndarray) -> ArrayReader:
-    """A reader matching the model's single input; models with a fixed batch of 1 get single rows."""
-    if len(model.inputs) != 1:
-        raise DataError(f"int8 calibration supports single-input models; this model takes {[s.name for s in model.inputs]}")
-    spec = model.inputs[0]
-    batch = 1 if (spec.shape and spec.shape[0] == 1) else equal_batch(len(x), 32)
-    dtype = spec.dtype if not spec.dtype.startswith("onnx:") else "float32"
-    return ArrayReader(spec.name, x, dtype, batch)
+def reader_for(model, x: np.ndarray | dict[str, np.ndarray]) -> ArrayReader:
+    """A reader feeding every model input; a model with a fixed batch gets batches of that size."""
+    return ArrayReader(feed_batches(model, x, equal_batch(sample_count(x), 32)))
 
 
-def cache_path(cache_dir: str | Path | None, model_bytes: bytes, x: np.ndarray, **settings: Any) -> Path | None:
+def cache_path(cache_dir: str | Path | None, model_bytes: bytes, x: np.ndarray | dict[str, np.ndarray], **settings: Any) -> Path | None:
     """Where a calibration with these exact inputs and settings is cached (None: no caching).
 
     The key covers the model, the calibration array and every setting, so a hit is always the same
@@ -95,6 +116,8 @@ def cache_path(cache_dir: str | Path | None, model_bytes: bytes, x: np.ndarray, 
         return None
     h = hashlib.sha256()
     h.update(model_bytes)
-    h.update(np.ascontiguousarray(x).tobytes())
+    for key, arr in (sorted(x.items()) if isinstance(x, dict) else [("", x)]):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
     h.update(repr(sorted(settings.items())).encode())
     return Path(cache_dir) / f"calib-{h.hexdigest()[:24]}.json"

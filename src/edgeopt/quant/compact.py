@@ -47,9 +47,10 @@ def _tensor_key(t) -> bytes:
     return hashlib.sha256(f"{t.data_type}|{list(t.dims)}|".encode() + arr.tobytes()).digest()
 
 
-def compact(proto, *, rename: bool = True) -> dict:
+def compact(proto, *, rename: bool = True, keep_shapes: bool = False) -> dict:
     """Edit ``proto`` in place: drop unused/duplicate initializers, doc strings, node names; shorten
-    internal tensor names. Graph input/output names are kept. Returns what was removed."""
+    internal tensor names; drop the value_info shape hints unless ``keep_shapes``. Graph
+    input/output names are kept. Returns what was removed."""
     from onnx import numpy_helper
 
     graph = proto.graph
@@ -141,6 +142,8 @@ def compact(proto, *, rename: bool = True) -> dict:
         kept_vi = [vi for vi in graph.value_info if vi.name in mapping]
         for vi in kept_vi:
             vi.name = mapping[vi.name]
-        # value_info is only a shape hint that ORT re-derives; it costs bytes, so drop it
+        # value_info is only a shape hint that ORT re-derives (for the graphs int8 emits); it costs bytes
         del graph.value_info[:]
+        if keep_shapes:
+            graph.value_info.extend(kept_vi)
     return stats

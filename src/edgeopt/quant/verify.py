@@ -22,11 +22,15 @@ def check_close(source, candidate, x: np.ndarray, *, atol: float, what: str) -> 
     return worst
 
 
-def sample_inputs(model, ctx, n: int = 16) -> np.ndarray:
-    """Real rows when a calibration split exists (random inputs miss real ranges), else random ones."""
+def sample_inputs(model, ctx, n: int = 16) -> np.ndarray | dict[str, np.ndarray]:
+    """Up to ``n`` samples (on axis 0; ``{input name: array}`` for a multi-input model): real rows
+    when a calibration split exists (random inputs miss real ranges), else ``example_inputs``."""
     data = getattr(ctx, "calib", None) or getattr(ctx, "tune", None)
     if data is not None and len(data):
-        return np.asarray(data.x[:n])
-    spec = model.inputs[0]
-    feeds = model.example_inputs(batch=1 if spec.shape and spec.shape[0] == 1 else n)
-    return feeds[spec.name]
+        return data.take(0, min(n, len(data))).x
+    first = model.inputs[0]
+    fixed_one = first.batch_axis is not None and first.shape[first.batch_axis] == 1
+    feeds = model.example_inputs(batch=1 if fixed_one else n)
+    samples = {s.name: np.moveaxis(feeds[s.name], s.batch_axis, 0) if s.batch_axis else feeds[s.name]
+               for s in model.inputs}
+    return samples if len(model.inputs) > 1 else samples[first.name]
