@@ -83,3 +83,30 @@ def test_apply_without_the_data_says_which_rows(optimized, tmp_path, capsys):
     assert code == 1
     assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_unlabelled_autoencoder_gets_dynamic_int8_and_a_table_without_intervals(ad_path, tmp_path, capsys):
+    """The MLPerf Tiny anomaly autoencoder (Gemm layers only) scored by output cosine, no labels: the
+    optimizer offers dynamic int8, which needs no calibration coverage; cosine has no per-row
+    interval, and the table says nothing rather than 'nan'."""
+    import numpy as np
+
+    import edgeopt
+    from edgeopt.evaluation import evaluate
+
+    data = tmp_path / "frames.npz"
+    np.savez(data, x=np.random.default_rng(3).standard_normal((400, 640)).astype(np.float32))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code = run(["optimize", str(ad_path), "--data", str(data), "--metric", "cosine", "--max-drop", "0.005",
+                "--techniques", "int8", "--goal", "size", "--bench-rounds", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "nan" not in printed.lower()
+    report = json.loads((out / "report.json").read_text())
+    assert report["chosen"]["name"] == "int8-dynamic" and report["chosen"]["size_ratio"] < 0.3
+    emitted = edgeopt.load(out / "model.onnx")
+    assert "MatMulInteger" in {n.op_type for n in emitted.proto().graph.node} or \
+        "DynamicQuantizeMatMul" in {n.op_type for n in emitted.proto().graph.node}
+    rows = np.load(data)["x"][200:]
+    measured = evaluate(emitted, rows, "cosine", reference=edgeopt.load(ad_path))
+    assert measured.value == pytest.approx(report["chosen"]["eval"]["value"], abs=1e-6)

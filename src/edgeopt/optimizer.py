@@ -432,6 +432,9 @@ def optimize(
             if _has_depthwise(handle.proto()):
                 plans.append(("int8-cle-bias-corrected", "int8",
                               [fold, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
+        if "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto()):
+            # transformers, RNNs, MLPs: activations quantized per run need no calibration coverage
+            plans.append(("int8-dynamic", "int8", [fold, make_pass("quantize.dynamic")]))
         if "fp16" in chosen_techniques:
             plans.append(("fp16", "fp16", [fold, make_pass("quantize.fp16")]))
         if "int4" in chosen_techniques:
@@ -650,6 +653,23 @@ def _thin_input_layers(proto) -> list[str]:
         if src in graph_inputs:
             out.append(node.name)
     return out
+
+
+def _matmul_dominated(proto) -> bool:
+    """Whether most weights sit in layers dynamic int8 converts (MatMul/Gemm/LSTM/Attention, embedding
+    tables) rather than in convolutions: a CNN's dense head alone is not worth a candidate."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
+    sizes.update({n.output[0]: int(np.prod(n.attribute[0].t.dims)) for n in proto.graph.node
+                  if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    dense = conv = 0
+    for node in proto.graph.node:
+        if node.op_type in ("MatMul", "Gemm", "LSTM", "Attention") and len(node.input) > 1:
+            dense += sizes.get(node.input[1], 0)
+        elif node.op_type == "Gather" and node.input:
+            dense += sizes.get(node.input[0], 0)
+        elif node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+            conv += sizes.get(node.input[1], 0)
+    return dense > 0 and dense >= conv
 
 
 def _has_depthwise(proto) -> bool:

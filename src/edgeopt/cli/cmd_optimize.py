@@ -100,13 +100,20 @@ def comparison_table(report: dict):
     t.add_row("load time", f"{b['bench']['load_ms']:.1f} ms", f"{c['bench']['load_ms']:.1f} ms", "")
     t.add_row("peak memory", f"{b['bench']['peak_rss_bytes'] / 2**20:.1f} MiB", f"{c['bench']['peak_rss_bytes'] / 2**20:.1f} MiB", "")
     be, ce, d = b["eval"], c["eval"], c["difference_eval"]
-    t.add_row(f"{metric} (held-out, n={be['samples']})", f"{be['value']:.4f} [{be['ci95'][0]:.3f}, {be['ci95'][1]:.3f}]",
-              f"{ce['value']:.4f} [{ce['ci95'][0]:.3f}, {ce['ci95'][1]:.3f}]",
-              f"{d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+    t.add_row(f"{metric} (held-out, n={be['samples']})", f"{be['value']:.4f}{_interval(be.get('ci95'), '.3f')}",
+              f"{ce['value']:.4f}{_interval(ce.get('ci95'), '.3f')}",
+              f"{d['difference']:+.4f}{_interval(d.get('ci95'), '+.4f')}")
     agreement = (c.get("fidelity_eval") or {}).get("top1_agreement")
     if agreement is not None:
         t.add_row("top-1 agreement with original", "", f"{agreement:.4f}", "")
     return t
+
+
+def _interval(ci, fmt: str) -> str:
+    """' [lo, hi]', or nothing where a metric has no interval (a fidelity score of the model to itself)."""
+    if not ci or any(v is None or v != v for v in ci[:2]):  # v != v: NaN (a metric scored on all rows at once)
+        return ""
+    return f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
 def run_searching(model, *, data, out, metric, max_drop, split, techniques, time_budget, seed, x_key, y_key, target,
