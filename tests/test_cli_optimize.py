@@ -110,3 +110,16 @@ def test_unlabelled_autoencoder_gets_dynamic_int8_and_a_table_without_intervals(
     rows = np.load(data)["x"][200:]
     measured = evaluate(emitted, rows, "cosine", reference=edgeopt.load(ad_path))
     assert measured.value == pytest.approx(report["chosen"]["eval"]["value"], abs=1e-6)
+
+
+def test_an_already_quantized_model_is_refused_with_the_fix(tmp_path, capsys):
+    """The MLPerf int8 reference .tflite imports as int8 weights behind DequantizeLinear: the error
+    says so and names the fix, instead of claiming the model has no weighted layers."""
+    from shared_data import shared
+
+    out = tmp_path / "o"
+    code = run(["optimize", str(shared("mlperf_tiny/kws/kws_ref_model.tflite")), "--data", str(DATA),
+                "--out", str(out), *COMMON])
+    err = capsys.readouterr().err
+    assert code == 1 and "already quantized" in err and "float model" in err and "Traceback" not in err
+    assert not out.exists()

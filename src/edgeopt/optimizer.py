@@ -341,6 +341,11 @@ def optimize(
     from .passes.quantize_int8 import quantizable_nodes
 
     if not quantizable_nodes(handle.proto()) and set(chosen_techniques) <= {"int8", "mixed", "int4", "fp16"}:
+        if _already_quantized(handle.proto()):
+            raise UnsupportedModelError(
+                f"model {handle.name!r} is already quantized: its layers read int8 weights through DequantizeLinear, "
+                "so there is nothing left to quantize; give edgeopt the float model (e.g. the float32 .tflite) and it "
+                "will quantize, measure and compare; nothing was written")
         raise UnsupportedModelError(
             f"model {handle.name!r} has no Conv/Gemm/MatMul layer with constant weights: there is nothing to quantize "
             "(its ops: " + ", ".join(sorted({n.op_type for n in handle.proto().graph.node})) + "); nothing was written")
@@ -653,6 +658,14 @@ def _thin_input_layers(proto) -> list[str]:
         if src in graph_inputs:
             out.append(node.name)
     return out
+
+
+def _already_quantized(proto) -> bool:
+    """A weighted layer reads its weight from a DequantizeLinear of an 8-bit (or smaller) constant."""
+    small = {i.name for i in proto.graph.initializer if i.data_type in (2, 3, 21, 22)}  # uint8, int8, uint4, int4
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in small}
+    return any(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in dequantized
+               for n in proto.graph.node)
 
 
 def _matmul_dominated(proto) -> bool:
