@@ -457,7 +457,14 @@ def test_fp16_of_a_transformer_keeps_shape_hints_and_a_crashing_conversion_is_re
     _, handle = transformer
     data = fit_to_model(load_data(text_data), handle)
     half = make_pass("quantize.fp16")(handle, PassContext()).model
-    assert len(half.proto().graph.value_info) > 0
+    proto = half.proto()
+    assert len(proto.graph.value_info) > 0
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    casts = {n.output[0]: helper.get_attribute_value(n.attribute[0]) for n in proto.graph.node if n.op_type == "Cast"}
+    norms = [n for n in proto.graph.node if n.op_type == "LayerNormalization"]
+    # kept float32: its scale is a float32 initializer or cast to float32 in front of it
+    assert norms and all(inits.get(n.input[1], casts.get(n.input[1])) == onnx.TensorProto.FLOAT for n in norms)
+    assert any(t == onnx.TensorProto.FLOAT16 for t in inits.values())
     agreement = np.mean(half.predict(data.x)[0].argmax(1) == handle.predict(data.x)[0].argmax(1))
     assert agreement >= 0.95
     fused = make_pass("ort.optimize", {"level": "extended"})(handle, PassContext()).model
