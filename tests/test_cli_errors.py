@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edgeopt
 from edgeopt.cli.main import run
 from edgeopt.errors import DataError, EdgeOptError, ModelLoadError
+from shared_data import shared
 
 
 def _evaluate(tmp_path, model, data, *extra):
@@ -57,10 +58,21 @@ def test_zero_byte_model(tmp_path, cifar_path, capsys):
 
 
 def test_npz_missing_key(tmp_path, resnet8_path, capsys):
+    # no 'x' and two other arrays, neither named like the model's input: which one feeds it is unknown
     data = tmp_path / "data.npz"
-    np.savez(data, images=np.zeros((4, 32, 32, 3), np.float32), y=np.zeros(4, np.int64))
+    np.savez(data, images=np.zeros((4, 32, 32, 3), np.float32), masks=np.zeros((4, 32, 32, 3), np.float32),
+             y=np.zeros(4, np.int64))
     code, out = _evaluate(tmp_path, resnet8_path, data)
-    _assert_clean_failure(code, out, capsys, "DataError", "'x'", "images", "--x-key")
+    _assert_clean_failure(code, out, capsys, "DataError", "images", "masks", "--x-key")
+
+
+def test_npz_with_one_unnamed_input_array_is_used(tmp_path, resnet8_path, capsys):
+    data = tmp_path / "data.npz"
+    x = np.load(shared("datasets/cifar10_test_first1000.npz"))["x"][:8].astype(np.float32)
+    np.savez(data, images=x, y=np.zeros(8, np.int64))
+    assert run(["evaluate", str(resnet8_path), "--data", str(data), "--metric", "agreement",
+                "--reference", str(resnet8_path)]) == 0
+    assert "1.0000" in capsys.readouterr().out
 
 
 def test_wrong_shape_names_both_sides(tmp_path, resnet8_path, capsys):
