@@ -477,6 +477,44 @@ def test_fp16_of_a_transformer_keeps_shape_hints_and_a_crashing_conversion_is_re
         assert half_fused.predict(data.x)[0].shape == (len(data), 3)
 
 
+def test_dynamic_int8_of_a_transformer_after_ort_fusions(transformer, text_data):
+    """quantize.dynamic on the graph ORT's extended optimizer left (SkipLayerNormalization, FusedGemm:
+    no ONNX type inference behind them), as a search recipe 'ort.optimize -> quantize.dynamic' builds it."""
+    from edgeopt.passes import make_pass
+    from edgeopt.passes.base import PassContext
+
+    _, handle = transformer
+    data = fit_to_model(load_data(text_data), handle)
+    fused = make_pass("ort.optimize", {"level": "extended"})(handle, PassContext()).model
+    result = make_pass("quantize.dynamic")(fused, PassContext())
+    ops = {n.op_type for n in result.model.proto().graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert len(result.stats["quantized_layers"]) >= 4
+    agreement = np.mean(result.model.predict(data.x)[0].argmax(1) == handle.predict(data.x)[0].argmax(1))
+    assert agreement >= 0.95
+
+
+@pytest.mark.parametrize("technique", ["prune.channels", "lowrank", "distill"])
+def test_training_passes_refuse_token_inputs_before_converting(transformer, text_data, technique, monkeypatch):
+    """Training passes fine-tune on one float array; a transformer fed token ids is refused before
+    any conversion (torch-pruning's dependency graph alone ran for over ten minutes on it before)."""
+    import edgeopt.torch_twin
+    from edgeopt.errors import UnsupportedModelError
+    from edgeopt.passes import make_pass
+    from edgeopt.passes.base import PassContext, untrainable_reason
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the model was converted to PyTorch before being refused")
+
+    monkeypatch.setattr(edgeopt.torch_twin, "to_torch", no_conversion)
+    _, handle = transformer
+    data = fit_to_model(load_data(text_data), handle)
+    ctx = PassContext(calib=data, tune=data, train=data, metric="agreement", teacher=handle)
+    with pytest.raises(UnsupportedModelError, match="one float input.*input_ids.*quantize.dynamic"):
+        make_pass(technique)(handle, ctx)
+    assert untrainable_reason(handle) and untrainable_reason(edgeopt.load(TinyDetector(), example_inputs=torch.randn(1, 3, 8, 8))) is None
+
+
 def test_nodes_out_of_order_are_sorted_on_load():
     proto = sequence_model()
     nodes = list(proto.graph.node)

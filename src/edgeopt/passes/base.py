@@ -19,7 +19,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-from ..errors import ConfigError, EdgeOptError, PassError
+from ..errors import ConfigError, EdgeOptError, PassError, UnsupportedModelError
 from ..model import ModelHandle, PassRecord
 
 REQUIREMENTS = ("calib", "tune", "train", "torch", "labels")
@@ -198,6 +198,8 @@ class Pass:
         missing = [r for r in sorted(self.requires) if not ctx.has(r, model)]
         if missing:
             raise ConfigError(f"pass {self.name!r} needs {', '.join(missing)} data/inputs that were not given")
+        if self.stage == "torch":
+            _require_one_float_input(self.name, model)
         before = model.onnx_bytes
         try:
             result = self.run(model, ctx)
@@ -276,3 +278,21 @@ def run_passes(model: ModelHandle, passes: Sequence[Pass], ctx: PassContext) -> 
         model = result.model
         stats.append({"pass": p.name, **dict(result.stats)})
     return model, stats
+
+
+def untrainable_reason(model: ModelHandle) -> str | None:
+    """Why training passes cannot take ``model`` (None when they can). They fine-tune a PyTorch twin
+    on batches of one float array (edgeopt.training)."""
+    inputs = [(s.name, s.dtype) for s in model.inputs]
+    if len(inputs) != 1 or not str(inputs[0][1]).startswith("float"):
+        return f"training passes take models with one float input; this model takes {inputs}"
+    return None
+
+
+def _require_one_float_input(name: str, model: ModelHandle) -> None:
+    """Refuse before converting anything: on a transformer with token ids and a mask, torch-pruning's
+    dependency graph alone ran for over ten minutes before failing on the integer inputs."""
+    reason = untrainable_reason(model)
+    if reason:
+        raise UnsupportedModelError(
+            f"{name}: {reason}. Use the ONNX-stage passes for it (quantize.int8, quantize.dynamic, quantize.fp16, fold, ...)")

@@ -71,8 +71,11 @@ class QuantizeDynamic(Pass):
         op_types = [*_WEIGHT_OPS, "Gather"] if self.embeddings else list(_WEIGHT_OPS)
         with tempfile.TemporaryDirectory(prefix="edgeopt-dynamic-") as tmp, quiet():
             out = Path(tmp) / "dynamic.onnx"
+            # ORT's own fused ops (SkipLayerNormalization, FusedGemm after ort.optimize) have no ONNX type
+            # inference, so tensors behind them have no known type: they are float in a float model
             quantize_dynamic(proto, out, op_types_to_quantize=op_types, per_channel=self.per_channel,
-                             weight_type=QuantType.QInt8, nodes_to_quantize=layers)
+                             weight_type=QuantType.QInt8, nodes_to_quantize=layers,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             quantized = onnx.load(str(out))
         compaction = compact_graph(quantized)
         stats = {"quantized_layers": layers, "gemm_rewritten": rewritten, "compaction": compaction}

@@ -220,6 +220,7 @@ def optimize_with_search(
     from ..recipe import Recipe
     from ..target import Target
     from .._json import to_jsonable
+    from ..passes.base import untrainable_reason
     from .space import SearchSpace, is_expensive
 
     spec = metric_spec(metric)
@@ -240,6 +241,9 @@ def optimize_with_search(
     if isinstance(techniques, str):
         techniques = [t.strip() for t in techniques.split(",") if t.strip()]
     space = SearchSpace.from_names(techniques or None)
+    if not techniques and untrainable_reason(handle):
+        # the default space: leave out what cannot run rather than spend trials on refusals
+        space = SearchSpace(tuple(p for p in space.passes if p.stage != "torch"), space.fixed, space.required)
     if study is None and out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         study = f"sqlite:///{Path(out).resolve() / 'study.db'}"
