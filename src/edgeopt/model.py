@@ -480,6 +480,7 @@ def check_loads_isolated(model: bytes, what: str, *, timeout: float = 120.0) -> 
                                     "it was not emitted")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        last = last.split("ONNX Runtime cannot load this model: ", 1)[-1]  # the child's own make_session error
         raise UnsupportedModelError(f"{what}: ONNX Runtime cannot load the result: {last}")
 
 

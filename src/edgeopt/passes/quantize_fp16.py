@@ -38,8 +38,11 @@ class QuantizeFp16(Pass):
         # LayerNormalization stays float32: its variance loses precision in fp16, and ONNX Runtime 1.32
         # crashed (SIGSEGV) creating sessions for fp16 transformer encoders until it was kept float (measured).
         blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | {"LayerNormalization"} | set(self.op_block_list))
-        converted = convert_float_to_float16(proto, keep_io_types=self.keep_io_types, op_block_list=blocked,
-                                             disable_shape_infer=False)
+        from ..quant import quiet
+
+        with quiet():  # the converter logs whole NodeProtos at INFO level
+            converted = convert_float_to_float16(proto, keep_io_types=self.keep_io_types, op_block_list=blocked,
+                                                 disable_shape_infer=False)
         # Keep the shape hints: without them ONNX Runtime 1.32 crashes (SIGSEGV, no exception) creating a
         # session for an fp16 transformer (LayerNormalization fed by an fp16 Add whose shape it must infer).
         stats = {"compaction": compact_graph(converted, keep_shapes=True)}
