@@ -497,7 +497,9 @@ def optimize(
                         break
 
         # -- benchmark everything that built, in one interleaved run --------------------------------
-        built = [c for c in candidates if c.model is not None]
+        # a candidate whose graph was built but failed to load or score is not benchmarked (one such
+        # model stopped the whole run: an opset-11 model's int8 graph that ONNX Runtime refused)
+        built = [c for c in candidates if c.model is not None and c.status == "kept"]
         if over_budget():
             # benchmarking is the last step; with the budget spent, still measure (a choice needs it) but briefly
             bench_rounds = min(bench_rounds, 2)

@@ -165,3 +165,47 @@ def test_float8_distribution_calibration_is_refused_for_int8():
 
     with pytest.raises(ConfigError, match="calibration"):
         QuantizeInt8(calibration="distribution").validate()
+
+
+def _opset_11_conv_model():
+    """conv_bn_model with its BatchNorm folded, declared at opset 11 (older exporters' default)."""
+    import edgeopt
+    from edgeopt.passes import PassContext
+
+    from _ptq_fixtures import conv_bn_model
+
+    proto = make_pass("fold")(conv_bn_model(), PassContext()).model.proto()
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 11
+    return edgeopt.load(proto, name="opset11")
+
+
+def test_an_opset_11_model_is_upgraded_before_per_channel_int8():
+    """Per-channel Q/DQ need opset 13's 'axis'; an opset-11 model used to come back unloadable."""
+    from edgeopt.data import Dataset
+    from edgeopt.passes import PassContext
+
+    model = _opset_11_conv_model()
+    x = np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    result = make_pass("quantize.int8")(model, PassContext(calib=Dataset(x, None, name="noise")))
+    assert result.stats["opset_upgraded_from"] == 11
+    opset = next(o.version for o in result.model.proto().opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 13
+    ref, out = model.predict(x)[0], result.model.predict(x)[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+def test_a_candidate_that_builds_but_cannot_load_is_dropped_not_fatal(monkeypatch):
+    """Without the upgrade the int8 graph does not load; the optimizer records those candidates as
+    failed and goes on (it used to benchmark them and stop the whole run)."""
+    import edgeopt
+    import edgeopt.passes.quantize_int8 as int8_module
+
+    monkeypatch.setattr(int8_module, "upgrade_opset", lambda proto, minimum=13: (proto, None))
+    x = np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    result = edgeopt.optimize(_opset_11_conv_model(), data=(x, None), metric="cosine", max_drop=0.01,
+                              techniques="int8,fp16", goal="size", bench_rounds=1, quick=True)
+    by_name = {c.name: c for c in result.candidates}
+    assert by_name["int8-minmax"].status == "failed" and "cannot load" in by_name["int8-minmax"].reason
+    assert result.best.name == "fp16"

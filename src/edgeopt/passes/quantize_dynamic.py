@@ -57,9 +57,9 @@ class QuantizeDynamic(Pass):
         from ..quant import quiet
         from ..quant.compact import compact as compact_graph
         from .quantize_int4 import gemm_to_matmul
-        from .quantize_int8 import hoist_constants
+        from .quantize_int8 import hoist_constants, upgrade_opset
 
-        proto = model.proto()
+        proto, old_opset = upgrade_opset(model.proto())
         hoist_constants(proto)
         rewritten = gemm_to_matmul(proto)
         layers = dynamic_layers(proto, self.embeddings)
@@ -78,5 +78,6 @@ class QuantizeDynamic(Pass):
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             quantized = onnx.load(str(out))
         compaction = compact_graph(quantized)
-        stats = {"quantized_layers": layers, "gemm_rewritten": rewritten, "compaction": compaction}
+        stats = {"quantized_layers": layers, "gemm_rewritten": rewritten, "opset_upgraded_from": old_opset,
+                 "compaction": compaction}
         return PassResult(model.derive(quantized, self.record()), stats)

@@ -44,6 +44,25 @@ def hoist_constants(proto) -> int:
     return len(moved)
 
 
+def upgrade_opset(proto, minimum: int = 13):
+    """``(proto, old opset)``: the model converted to at least ``minimum`` of the default domain (onnx's
+    version converter), or unchanged with None. Per-channel Quantize/DequantizeLinear carry an ``axis``
+    from opset 13; ORT's quantizer writes it whatever the model's opset, and an opset-11 model came
+    back unloadable ("Unrecognized attribute: axis for operator DequantizeLinear")."""
+    from onnx import version_converter
+
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= minimum:
+        return proto, None
+    try:
+        return version_converter.convert_version(proto, minimum), current
+    except Exception as e:  # onnx raises RuntimeError/ValidationError with an adapter name
+        raise UnsupportedModelError(
+            f"the model uses ONNX opset {current}; int8 quantization needs opset {minimum} or later and onnx's "
+            f"version converter could not upgrade it ({str(e).splitlines()[0][:200]}). Re-export the model "
+            f"with opset_version={minimum} or later") from e
+
+
 def quantizable_nodes(proto) -> list[str]:
     """Names of nodes with a constant weight the int8 quantizer will convert (in graph order); a
     weight may be an initializer or a tensor ``Constant`` node."""
@@ -142,7 +161,7 @@ class QuantizeInt8(Pass):
         import onnx
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        proto = model.proto()
+        proto, old_opset = upgrade_opset(model.proto())
         hoist_constants(proto)
         candidates = quantizable_nodes(proto)
         if not candidates:
@@ -180,7 +199,8 @@ class QuantizeInt8(Pass):
                 calibration_cache_path=cache,
             )
             quantized = onnx.load(str(out))
-        stats = {"activations": act, "weights": "s8", "calibration_rows": list(rows) if rows else [0, calibration.sample_count(x)],
+        stats = {"activations": act, "weights": "s8", "opset_upgraded_from": old_opset,
+                 "calibration_rows": list(rows) if rows else [0, calibration.sample_count(x)],
                  "quantized_layers": [n for n in candidates if n not in excluded],
                  "float_layers": [n for n in candidates if n in excluded]}
         if self.bias_correction:
