@@ -515,6 +515,49 @@ def test_training_passes_refuse_token_inputs_before_converting(transformer, text
     assert untrainable_reason(handle) and untrainable_reason(edgeopt.load(TinyDetector(), example_inputs=torch.randn(1, 3, 8, 8))) is None
 
 
+def if_model() -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> If(sum(x) > 0) with each branch a MatMul reading an outer-scope
+    initializer by name (as exporters emit control flow)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "Wa"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "Wb"),
+             numpy_helper.from_array(np.ones(4, np.float32), "ones_a"),  # duplicates: dedupe bait
+             numpy_helper.from_array(np.ones(4, np.float32), "ones_b"),
+             numpy_helper.from_array(np.array([0, 1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+
+    def branch(weight, bias, out):
+        return helper.make_graph([helper.make_node("MatMul", ["h", weight], [out + "_mm"]),
+                                  helper.make_node("Add", [out + "_mm", bias], [out])], out, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 4])])
+
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("Wa", "ones_a", "ya"),
+                              else_branch=branch("Wb", "ones_b", "yb"))]
+    graph = helper.make_graph(nodes, "if_model", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("technique", ["quantize.int8", "quantize.dynamic", "quantize.fp16"])
+def test_control_flow_bodies_keep_the_outer_weights_they_read(technique):
+    """Compaction dropped (as unused) or renamed away (as duplicates) initializers that only an If
+    body reads, so every quantized If model failed to load."""
+    from edgeopt.data import Dataset
+    from edgeopt.passes import PassContext, make_pass
+
+    model = edgeopt.load(if_model())
+    x = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    result = make_pass(technique)(model, PassContext(calib=Dataset(x, None, name="noise")))
+    names = {i.name for i in result.model.proto().graph.initializer}
+    assert {"Wa", "Wb", "ones_a", "ones_b"} & names == {"ones_a", "ones_b"} | ({"Wa", "Wb"} & names)
+    ref, out = model.predict(x)[0], result.model.predict(x)[0]
+    assert out.shape == ref.shape and np.isfinite(out).all()
+
+
 def test_nodes_out_of_order_are_sorted_on_load():
     proto = sequence_model()
     nodes = list(proto.graph.node)

@@ -47,6 +47,20 @@ def _tensor_key(t) -> bytes:
     return hashlib.sha256(f"{t.data_type}|{list(t.dims)}|".encode() + arr.tobytes()).digest()
 
 
+def _read_by_subgraphs(graph) -> set[str]:
+    """Every tensor name read by a node inside a subgraph attribute (any depth). A body may read
+    the outer graph's initializers by name without listing them; those must not be dropped."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
+            for body in bodies:
+                names |= {n for inner in body.node for n in inner.input} | _read_by_subgraphs(body)
+    return names
+
+
 def compact(proto, *, rename: bool = True, keep_shapes: bool = False) -> dict:
     """Edit ``proto`` in place: drop unused/duplicate initializers, doc strings, node names; shorten
     internal tensor names; drop the value_info shape hints unless ``keep_shapes``. Graph
@@ -59,13 +73,16 @@ def compact(proto, *, rename: bool = True, keep_shapes: bool = False) -> dict:
     graph.doc_string = ""
     del proto.metadata_props[:]
 
+    # names that control-flow bodies (If/Loop/Scan) read from this graph: kept as they are
+    outer = _read_by_subgraphs(graph)
+
     # 1. duplicate initializers (e.g. identical scales / zero points) -> one
     seen: dict[bytes, str] = {}
     alias: dict[str, str] = {}
     keep = []
     for init in graph.initializer:
         key = _tensor_key(init)
-        if key in seen:
+        if key in seen and init.name not in outer:
             alias[init.name] = seen[key]
             stats["duplicate_initializers"] += 1
         else:
@@ -80,7 +97,7 @@ def compact(proto, *, rename: bool = True, keep_shapes: bool = False) -> dict:
         graph.initializer.extend(keep)
 
     # 2. unused initializers
-    used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+    used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output} | outer
     unused = [i for i in graph.initializer if i.name not in used]
     if unused:
         stats["unused_initializers"] = len(unused)
