@@ -88,7 +88,7 @@ def to_torch(model: ModelHandle, *, verify_batch: int = 2, seed: int = 0):
     """
     if model.torch_module is not None:
         return copy.deepcopy(model.torch_module)
-    proto = model.proto()
+    proto = _fold_decomposed_norms(model)
     used = {n.op_type for n in proto.graph.node} & _TORCHVISION_OPS
     if used:
         raise UnsupportedModelError(f"model uses {sorted(used)}, which need torchvision; edgeopt cannot train it in PyTorch")
@@ -104,6 +104,27 @@ def to_torch(model: ModelHandle, *, verify_batch: int = 2, seed: int = 0):
     graph_module = _make_trainable(graph_module, example)
     verify(graph_module, model, feeds, what="onnx2torch conversion")
     return graph_module
+
+
+def _fold_decomposed_norms(model: ModelHandle):
+    """The graph to convert: with a BatchNorm that the exporter wrote out as ``Mul``/``Add`` by
+    constants after a layer (Keras exports) folded into that layer first, by the ``fold`` pass.
+    Torch-Pruning cannot prune such a scale with its layer: pruning the MLPerf AD autoencoder
+    failed with "size of tensor a (120) must match ... b (128)". Other graphs convert as they are."""
+    proto = model.proto()
+    weighted = {o for n in proto.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for o in n.output}
+    biased = {o for n in proto.graph.node if n.op_type == "Add" and set(n.input) & weighted for o in n.output}
+    constants = {i.name for i in proto.graph.initializer}
+    if not any(n.op_type == "Mul" and set(n.input) & (weighted | biased) and set(n.input) & constants
+               for n in proto.graph.node):
+        return proto
+    from .errors import EdgeOptError
+    from .passes.fold import Fold
+
+    try:
+        return Fold()(model).model.proto()
+    except EdgeOptError:
+        return proto
 
 
 def verify(module, model: ModelHandle, feeds: dict[str, np.ndarray], *, what: str) -> float:

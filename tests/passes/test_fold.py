@@ -43,3 +43,30 @@ def test_real_model_unchanged_within_tolerance(dscnn, kws_data):
     result = make_pass("fold")(dscnn, PassContext(calib=calib))
     assert result.stats["max_abs_error"] <= 1e-5
     np.testing.assert_allclose(result.model.predict(calib.x)[0], dscnn.predict(calib.x)[0], atol=1e-5)
+
+
+def test_keras_style_batchnorm_after_dense_layers_is_folded_into_them(ad_path):
+    """The MLPerf AD autoencoder writes each BatchNorm as Mul + Add by constant vectors after its
+    Dense layer; fold puts them into the Gemm weights and biases, within the scaled tolerance."""
+    import edgeopt
+
+    model = edgeopt.load(ad_path)
+    x = np.random.default_rng(0).standard_normal((32, 640)).astype(np.float32)
+    from edgeopt.data import Dataset
+
+    result = make_pass("fold")(model, PassContext(calib=Dataset(x, None, name="noise")))
+    ops = [n.op_type for n in result.model.proto().graph.node]
+    assert result.stats["scale_shift_folded"] == 18 and "Mul" not in ops  # 9 norms: a Mul and an Add each
+    ref, out = model.predict(x)[0], result.model.predict(x)[0]
+    assert np.max(np.abs(ref - out)) <= 1e-5 * max(1.0, np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("shape, rank, expected", [
+    ((), 4, True), ((1, 8, 1, 1), 4, True), ((8, 1, 1), 4, True), ((1, 1, 8), 4, False), ((8,), 4, False),
+    ((8,), 2, True), ((1, 8), 2, True), ((8, 1), 2, False), ((2, 8), 2, False),
+])
+def test_only_per_channel_constants_count_as_a_scale_or_shift(shape, rank, expected):
+    from edgeopt.passes.fold import _channel_vector
+
+    const = np.arange(1, 1 + int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    assert (_channel_vector(const, rank, 8) is not None) == expected

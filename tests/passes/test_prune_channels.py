@@ -220,3 +220,19 @@ def test_depthwise_refit_recovers_the_original_filters(dscnn, kws_data):
         if n in depthwise:
             # the relative ridge (1e-4) shrinks a nearly dead channel slightly: within 0.02 of filters up to ~1
             np.testing.assert_allclose(m.weight.detach().numpy(), depthwise[n].numpy(), atol=0.02)
+
+
+def test_dense_layers_with_keras_batchnorm_prune(ad_path):
+    """The AD autoencoder's decomposed BatchNorm (Mul/Add by constants) is folded before the twin is
+    built; pruning it used to fail with 'size of tensor a (120) must match ... b (128)'."""
+    import edgeopt
+    from edgeopt.data import Dataset
+    from edgeopt.passes import PassContext
+
+    model = edgeopt.load(ad_path)
+    x = np.random.default_rng(0).standard_normal((96, 640)).astype(np.float32)
+    rows = Dataset(x, None, name="noise")
+    ctx = PassContext(calib=rows, tune=rows, train=rows, metric="cosine", teacher=model)
+    result = PruneChannels(ratio=0.07, epochs=0)(model, ctx)
+    assert sum(result.stats["channels_removed"].values()) > 0 and result.stats["mac_reduction"] > 0.05
+    assert result.model.predict(x)[0].shape == (96, 640)
