@@ -57,6 +57,9 @@ def test_keras_style_batchnorm_after_dense_layers_is_folded_into_them(ad_path):
     result = make_pass("fold")(model, PassContext(calib=Dataset(x, None, name="noise")))
     ops = [n.op_type for n in result.model.proto().graph.node]
     assert result.stats["scale_shift_folded"] == 18 and "Mul" not in ops  # 9 norms: a Mul and an Add each
+    proto = result.model.proto()
+    read = {name for node in proto.graph.node for name in node.input}
+    assert all(i.name in read for i in proto.graph.initializer)  # the replaced weights are gone
     ref, out = model.predict(x)[0], result.model.predict(x)[0]
     assert np.max(np.abs(ref - out)) <= 1e-5 * max(1.0, np.max(np.abs(ref)))
 

@@ -107,6 +107,7 @@ def fold_scale_shift(proto) -> int:
 
     graph = proto.graph
     folded = 0
+    replaced: set[str] = set()  # initializers a fold stopped reading (dropped at the end if nothing else does)
     while True:
         inits = {i.name: i for i in graph.initializer}
         consumers: dict[str, list] = {}
@@ -139,6 +140,7 @@ def fold_scale_shift(proto) -> int:
                 match = (node, nxt, weight, width, vector, attrs)
                 break
         if match is None:
+            _drop_unread(graph, replaced)
             return folded
         node, nxt, weight, width, vector, attrs = match
         bias = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(-1) * np.ones(width)
@@ -151,6 +153,7 @@ def fold_scale_shift(proto) -> int:
             bias = bias * vector
         else:
             bias = bias + vector
+        replaced |= {node.input[1], *node.input[2:3], *nxt.input}
         tag = f"{nxt.output[0]}_folded"
         graph.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), tag + "_w"),
                                   numpy_helper.from_array(bias.astype(np.float32), tag + "_b")])
@@ -162,4 +165,15 @@ def fold_scale_shift(proto) -> int:
         node.output[0] = nxt.output[0]
         graph.node.remove(nxt)
         folded += 1
+
+
+def _drop_unread(graph, names: set[str]) -> None:
+    """Remove the initializers in ``names`` that no node reads any more (ORT warns about each)."""
+    from ..quant.compact import names_read_by_subgraphs
+
+    read = {n for node in graph.node for n in node.input} | {o.name for o in graph.output} | names_read_by_subgraphs(graph)
+    keep = [i for i in graph.initializer if i.name in read or i.name not in names]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
 

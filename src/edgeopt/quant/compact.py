@@ -47,7 +47,7 @@ def _tensor_key(t) -> bytes:
     return hashlib.sha256(f"{t.data_type}|{list(t.dims)}|".encode() + arr.tobytes()).digest()
 
 
-def _read_by_subgraphs(graph) -> set[str]:
+def names_read_by_subgraphs(graph) -> set[str]:
     """Every tensor name read by a node inside a subgraph attribute (any depth). A body may read
     the outer graph's initializers by name without listing them; those must not be dropped."""
     from onnx import AttributeProto
@@ -57,7 +57,7 @@ def _read_by_subgraphs(graph) -> set[str]:
         for attr in node.attribute:
             bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
             for body in bodies:
-                names |= {n for inner in body.node for n in inner.input} | _read_by_subgraphs(body)
+                names |= {n for inner in body.node for n in inner.input} | names_read_by_subgraphs(body)
     return names
 
 
@@ -74,7 +74,7 @@ def compact(proto, *, rename: bool = True, keep_shapes: bool = False) -> dict:
     del proto.metadata_props[:]
 
     # names that control-flow bodies (If/Loop/Scan) read from this graph: kept as they are
-    outer = _read_by_subgraphs(graph)
+    outer = names_read_by_subgraphs(graph)
 
     # 1. duplicate initializers (e.g. identical scales / zero points) -> one
     seen: dict[bytes, str] = {}
