@@ -119,6 +119,25 @@ def test_model_without_quantizable_ops(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_torch_module_without_example_inputs_is_traced_on_the_data(cifar, tmp_path):
+    """The three-line API with a PyTorch model: no example_inputs needed, the data's rows trace it."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    x = cifar.x[:96].astype(np.float32) / 255  # NHWC rows; the module wants NCHW
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    result = edgeopt.optimize(net, data=x, metric="agreement", max_drop=0.05, techniques="int8,fp16",
+                              goal="size", bench_rounds=1, quick=True)
+    assert result.best is not None and result.best.size_ratio < 1
+    result.save(tmp_path / "out")
+    emitted = edgeopt.load(tmp_path / "out" / "model.onnx")
+    with torch.no_grad():
+        reference = net(torch.from_numpy(x[48:])).numpy()
+    assert np.mean(emitted.predict(x[48:])[0].argmax(1) == reference.argmax(1)) >= 0.9
+
+
 def test_overlapping_splits_are_refused(dscnn_path, kws_data):
     with pytest.raises(ConfigError, match="overlap"):
         edgeopt.optimize(dscnn_path, data=kws_data.take(0, 40), splits="calib=0:30,eval=20:", progress=False)

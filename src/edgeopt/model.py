@@ -537,6 +537,21 @@ def load(
     )
 
 
+def load_with_data(model: Any, data) -> ModelHandle:
+    """``load(model)``, except that an ``nn.Module`` given without example inputs is traced on the
+    first two rows of ``data`` (a Dataset; several inputs in the data's order), so
+    ``edgeopt.optimize(module, data=...)`` works without them."""
+    if not _is_torch_module(model):
+        return load(model)
+    import torch
+
+    rows = data.take(0, min(2, len(data))).x
+    arrays = list(rows.values()) if isinstance(rows, dict) else [rows]
+    names = list(rows) if isinstance(rows, dict) else None
+    example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    return load(model, example_inputs=example[0] if len(example) == 1 else example, input_names=names)
+
+
 def _is_torch_module(obj) -> bool:
     import sys
 

@@ -303,7 +303,7 @@ def optimize(
     """
     from .data import Dataset, fit_to_model, load_data, parse_split_spec, shuffle_seed, split
     from .evaluation import metric_spec
-    from .model import load
+    from .model import load_with_data
 
     started = time.monotonic()
     budget_s = parse_time_budget(time_budget)
@@ -331,9 +331,9 @@ def optimize(
     if data is None:
         raise DataError("optimize() needs data: calibration rows to quantize with and held-out rows to check the budget")
 
-    handle = load(model)
-    source_path = str(model) if isinstance(model, (str, os.PathLike)) else None
     dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key, y_key=y_key)
+    handle = load_with_data(model, dataset)  # an nn.Module without example inputs is traced on the data
+    source_path = str(model) if isinstance(model, (str, os.PathLike)) else None
     if spec.needs_labels and not dataset.has_labels:
         raise DataError(f"metric {spec.name!r} needs labels but data {dataset.name!r} has none "
                         f"(no {y_key!r} array); use --metric agreement to optimize for fidelity to the original model")

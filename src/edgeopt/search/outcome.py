@@ -215,7 +215,7 @@ def optimize_with_search(
     """
     from ..data import Dataset, fit_to_model, load_data, parse_split_spec, shuffle_seed
     from ..evaluation import metric_spec, paired_difference, score
-    from ..model import load
+    from ..model import load_with_data
     from ..optimizer import replay
     from ..recipe import Recipe
     from ..target import Target
@@ -224,9 +224,9 @@ def optimize_with_search(
     from .space import SearchSpace, is_expensive
 
     spec = metric_spec(metric)
-    handle = load(model)
-    source = str(model) if isinstance(model, (str, os.PathLike)) else handle.name
     dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key, y_key=y_key)
+    handle = load_with_data(model, dataset)  # an nn.Module without example inputs is traced on the data
+    source = str(model) if isinstance(model, (str, os.PathLike)) else handle.name
     dataset = fit_to_model(dataset, handle)
     ranges = parse_split_spec(splits) if isinstance(splits, str) else dict(splits or {}) or _default_splits(len(dataset))
     missing = [k for k in ("calib", "tune", "eval") if k not in ranges]
