@@ -138,6 +138,17 @@ def test_a_torch_module_without_example_inputs_is_traced_on_the_data(cifar, tmp_
     assert np.mean(emitted.predict(x[48:])[0].argmax(1) == reference.argmax(1)) >= 0.9
 
 
+def test_a_torch_module_that_rejects_the_data_rows_gets_a_typed_error(cifar):
+    import torch
+
+    from edgeopt.errors import ModelLoadError
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten()).eval()
+    raw = np.ascontiguousarray(cifar.x[:16].transpose(0, 3, 1, 2))  # uint8 pixels, the module wants float
+    with pytest.raises(ModelLoadError, match=r"uint8\[3, 32, 32\].*float32.*example_inputs"):
+        edgeopt.optimize(net, data=raw, metric="agreement", max_drop=0.05, quick=True, progress=False)
+
+
 def test_overlapping_splits_are_refused(dscnn_path, kws_data):
     with pytest.raises(ConfigError, match="overlap"):
         edgeopt.optimize(dscnn_path, data=kws_data.take(0, 40), splits="calib=0:30,eval=20:", progress=False)

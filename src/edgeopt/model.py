@@ -549,7 +549,16 @@ def load_with_data(model: Any, data) -> ModelHandle:
     arrays = list(rows.values()) if isinstance(rows, dict) else [rows]
     names = list(rows) if isinstance(rows, dict) else None
     example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
-    return load(model, example_inputs=example[0] if len(example) == 1 else example, input_names=names)
+    try:
+        return load(model, example_inputs=example[0] if len(example) == 1 else example, input_names=names)
+    except EdgeOptError:
+        raise
+    except Exception as e:  # the module's own forward rejects the rows (dtype, shape)
+        shapes = [f"{a.dtype}{list(a.shape[1:])}" for a in arrays]
+        raise ModelLoadError(
+            f"tracing the nn.Module on the data's first rows failed ({type(e).__name__}: {first_line(e)}); the rows "
+            f"are {', '.join(shapes)} per sample. Give data the module accepts (e.g. float32, scaled as in "
+            "training), or trace it yourself: edgeopt.load(module, example_inputs=...)") from e
 
 
 def _is_torch_module(obj) -> bool:
