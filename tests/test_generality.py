@@ -558,6 +558,28 @@ def test_control_flow_bodies_keep_the_outer_weights_they_read(technique):
     assert out.shape == ref.shape and np.isfinite(out).all()
 
 
+def test_static_int8_keeps_the_attention_mask_path_float(transformer):
+    """The mask's -inf (masked_fill) reaches Softmax through Where/Expand/Add; quantizing those
+    tensors gives infinite scales. quantize.int8 keeps that path float by default."""
+    from edgeopt.passes import PassContext, make_pass
+
+    _, handle = transformer
+    rng = np.random.default_rng(1)
+    ids, mask = rng.integers(0, VOCAB, size=(200, SEQ)), np.ones((200, SEQ), np.int64)
+    mask[::3, 4:] = 0
+    calib, held_out = {"input_ids": ids[:100], "attention_mask": mask[:100]}, {"input_ids": ids[100:], "attention_mask": mask[100:]}
+    ctx = PassContext(calib=load_data(calib))
+    folded = make_pass("fold")(handle, ctx).model
+    kept = make_pass("quantize.int8")(folded, ctx)
+    ops = {n.name: n.op_type for n in folded.proto().graph.node}
+    assert "Softmax" in {ops[n] for n in kept.stats["float_mask_nodes"]}
+    reference = handle.predict(held_out)[0].argmax(1)
+    with_masks = np.mean(kept.model.predict(held_out)[0].argmax(1) == reference)
+    without = make_pass("quantize.int8", {"float_masks": False})(folded, ctx)
+    assert without.stats["float_mask_nodes"] == []
+    assert with_masks >= 0.97 and with_masks > np.mean(without.model.predict(held_out)[0].argmax(1) == reference)
+
+
 def test_nodes_out_of_order_are_sorted_on_load():
     proto = sequence_model()
     nodes = list(proto.graph.node)
