@@ -209,3 +209,33 @@ def test_a_candidate_that_builds_but_cannot_load_is_dropped_not_fatal(monkeypatc
     by_name = {c.name: c for c in result.candidates}
     assert by_name["int8-minmax"].status == "failed" and "cannot load" in by_name["int8-minmax"].reason
     assert result.best.name == "fp16"
+
+
+def test_only_infinite_constants_that_reach_a_softmax_are_kept_float():
+    """Clip(0, FLT_MAX) (a ReLU some exporters write) and an infinite constant that never reaches a
+    Softmax leave the graph's int8 coverage alone; a masked attention score does not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.passes.quantize_int8 import masked_paths
+
+    big = np.finfo(np.float32).max
+    inits = [numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(big, np.float32), "hi"),
+             numpy_helper.from_array(np.full((1, 4), -np.inf, np.float32), "neg_inf"),
+             numpy_helper.from_array(np.ones((4, 4), np.float32), "w")]
+
+    def graph(nodes):
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    relu_as_clip = graph([helper.make_node("Clip", ["x", "lo", "hi"], ["c"], name="clip"),
+                          helper.make_node("MatMul", ["c", "w"], ["y"], name="mm")])
+    no_softmax = graph([helper.make_node("Add", ["x", "neg_inf"], ["a"], name="add"),
+                        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+                        helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")])
+    attention = graph([helper.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
+                       helper.make_node("Add", ["s", "neg_inf"], ["a"], name="mask"),
+                       helper.make_node("Softmax", ["a"], ["p"], name="softmax", axis=-1),
+                       helper.make_node("MatMul", ["p", "w"], ["y"], name="context")])
+    assert masked_paths(relu_as_clip) == [] and masked_paths(no_softmax) == []
+    assert masked_paths(attention) == ["mask", "softmax"]

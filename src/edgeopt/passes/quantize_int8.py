@@ -86,15 +86,21 @@ def masked_paths(proto, max_hops: int = 12) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     keep: dict[str, None] = {}
-    frontier = [(n, 0) for n in proto.graph.node if set(n.input) & infinite]
-    while frontier:
-        node, depth = frontier.pop(0)
-        if not node.name or node.name in keep:
-            continue
-        keep[node.name] = None
-        if node.op_type == "Softmax" or depth + 1 >= max_hops:
-            continue
-        frontier += [(c, depth + 1) for out in node.output for c in consumers.get(out, [])]
+    # Clip/Min/Max with an infinite bound (ReLU written as Clip(0, FLT_MAX)) only bound values
+    seeds = [n for n in proto.graph.node if set(n.input) & infinite and n.op_type not in ("Clip", "Min", "Max")]
+    for seed in seeds:
+        path: dict[str, str] = {}
+        frontier = [(seed, 0)]
+        while frontier:
+            node, depth = frontier.pop(0)
+            if not node.name or node.name in path or node.name in keep:
+                continue
+            path[node.name] = node.op_type
+            if node.op_type == "Softmax" or depth + 1 >= max_hops:
+                continue
+            frontier += [(c, depth + 1) for out in node.output for c in consumers.get(out, [])]
+        if "Softmax" in path.values():  # a mask; anything else keeps its int8 coverage
+            keep.update(dict.fromkeys(path))
     return list(keep)
 
 
