@@ -550,7 +550,9 @@ def optimize(
     if out is not None:
         result.save(out)
     if best is None:
-        raise BudgetError(_no_choice_message(candidates, max_drop, goal, spec.name) + (f"; report written to {out}" if out else ""))
+        error = BudgetError(_no_choice_message(candidates, max_drop, goal, spec.name) + (f"; report written to {out}" if out else ""))
+        error.result = result  # every candidate measured, as the search's BudgetError carries its result
+        raise error
     return result
 
 
