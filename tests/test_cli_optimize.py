@@ -123,3 +123,16 @@ def test_an_already_quantized_model_is_refused_with_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "already quantized" in err and "float model" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_techniques_dynamic_adds_dynamic_int8_to_a_conv_net(tmp_path, capsys):
+    """By default a conv net gets no dynamic candidate (only its dense head would convert);
+    `--techniques dynamic` asks for it anyway: Conv stays float, the head is int8."""
+    out = tmp_path / "o"
+    code = run(["optimize", str(MODEL), "--data", str(DATA), "--max-drop", "2pt", "--out", str(out), "--json",
+                "--split", "calib=0:128,eval=128:448", "--techniques", "dynamic", "--goal", "size", "--bench-rounds", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and [c["name"] for c in report["candidates"]] == ["int8-dynamic"]
+    assert 0.5 < report["chosen"]["size_ratio"] < 1  # the 64x12 head in int8, convolutions float
+    dynamic = next(s for s in report["chosen"]["stats"] if s["pass"] == "quantize.dynamic")
+    assert len(dynamic["quantized_layers"]) == 1

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 from .errors import BudgetError, ConfigError, DataError, EdgeOptError, UnsupportedModelError, VerificationError
 
-TECHNIQUES = ("int8", "fp16", "int4", "mixed")
+TECHNIQUES = ("int8", "fp16", "int4", "mixed", "dynamic")  # "dynamic": int8-dynamic even for conv nets
 GOALS = ("latency", "size")
 DEFAULT_TECHNIQUES = ("int8", "fp16", "int4", "mixed")
 # Per-layer sensitivity runs on at most this many tuning rows: it ranks layers, it is not the verdict.
@@ -340,7 +340,7 @@ def optimize(
     dataset = fit_to_model(dataset, handle)
     from .passes.quantize_int8 import quantizable_nodes
 
-    if not quantizable_nodes(handle.proto()) and set(chosen_techniques) <= {"int8", "mixed", "int4", "fp16"}:
+    if not quantizable_nodes(handle.proto()) and set(chosen_techniques) <= {"int8", "mixed", "int4", "fp16", "dynamic"}:
         if _already_quantized(handle.proto()):
             raise UnsupportedModelError(
                 f"model {handle.name!r} is already quantized: its layers read int8 weights through DequantizeLinear, "
@@ -437,7 +437,7 @@ def optimize(
             if _has_depthwise(handle.proto()):
                 plans.append(("int8-cle-bias-corrected", "int8",
                               [fold, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
-        if "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto()):
+        if ("int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto())) or "dynamic" in chosen_techniques:
             # transformers, RNNs, MLPs: activations quantized per run need no calibration coverage
             plans.append(("int8-dynamic", "int8", [fold, make_pass("quantize.dynamic")]))
         if "fp16" in chosen_techniques:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         metric: str = typer.Option("top1", "--metric", help="top1, top5, auc, mse, ... or agreement (no labels needed)."),
         max_drop: str = typer.Option("0.5pt", "--max-drop", help="Largest allowed metric drop on held-out rows: '0.5pt', '1%' or a fraction '0.005'."),
         split: Optional[str] = typer.Option(None, "--split", help="Disjoint row ranges, e.g. 'calib=0:500,eval=500:' (optional tune=...). Default: first half calib, second half eval."),
-        techniques: Optional[str] = typer.Option(None, "--techniques", help="Comma-separated subset of int8,fp16,int4,mixed (default: all)."),
+        techniques: Optional[str] = typer.Option(None, "--techniques", help="Comma-separated subset of int8,fp16,int4,mixed,dynamic (default: int8,fp16,int4,mixed; int8 includes dynamic int8 for MatMul-heavy models)."),
         time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop trying new candidates after this long, e.g. '10m'."),
         goal: str = typer.Option("latency", "--goal", help="'latency': fastest within budget (never slower than the input); 'size': smallest."),
         seed: int = typer.Option(0, "--seed", help="Seed recorded in the recipe."),
