@@ -102,3 +102,20 @@ def test_console_error_detector_catches_a_broken_page(tmp_path):
     bad.write_text("<html><body><script>undefinedFunction();</script></body></html>")
     proc = _open(bad, tmp_path, "--dump-dom")
     assert any("undefinedFunction" in line for line in _console_messages(proc.stderr))
+
+
+def test_report_of_a_search_scored_by_cosine_has_no_interval_to_format(ad_path, tmp_path, capsys):
+    """Cosine has no per-row interval: the held-out CI is NaN in memory and null in report.json.
+    Writing the page printed 'nan..nan'; re-rendering it with `edgeopt report` crashed."""
+    import numpy as np
+
+    from edgeopt.cli.main import run
+
+    data = tmp_path / "noise.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((120, 640)).astype(np.float32))
+    out = tmp_path / "out"
+    assert run(["optimize", str(ad_path), "--data", str(data), "--metric", "cosine", "--max-drop", "0.01",
+                "--target", "host", "--trials", "2", "--techniques", "fold,quantize.dynamic", "--out", str(out)]) == 0
+    assert run(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "Rebuilt from its recipe" in page and "nan..nan" not in page

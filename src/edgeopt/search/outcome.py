@@ -144,6 +144,14 @@ class SearchOutcome:
         return out
 
 
+def _ci_text(ci) -> str:
+    """' (95% CI lo..hi)', or nothing for a metric scored on all rows at once (cosine: no per-row
+    interval; NaN in memory, null once read back from report.json)."""
+    if not ci or any(v is None or v != v for v in ci[:2]):
+        return ""
+    return f" (95% CI {ci[0]:.4f}..{ci[1]:.4f})"
+
+
 def render_outcome_html(outcome: SearchOutcome) -> str:
     """The search's report page plus the held-out check and the single-technique comparison."""
     import html as html_lib
@@ -157,7 +165,7 @@ def render_outcome_html(outcome: SearchOutcome) -> str:
         parts.append(
             f"<p>Rebuilt from its recipe and scored on the eval rows {e(str(h['rows']))} ({h['samples']} rows; never used "
             f"for calibration, training or any search decision): {e(h['metric'])} {h['value']:.4f} vs {h['baseline']:.4f} "
-            f"for the original, drop {h['drop']:.4f} (95% CI {h['drop_ci95'][0]:.4f}..{h['drop_ci95'][1]:.4f}); "
+            f"for the original, drop {h['drop']:.4f}{_ci_text(h.get('drop_ci95'))}; "
             f"max drop {h['max_drop']:.4g}: {'within' if h['within_budget'] else '<b>outside</b>'} the budget on these rows. "
             f"Rebuild: {e(h['reproduction'])}.</p>")
     else:
