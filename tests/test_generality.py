@@ -389,6 +389,31 @@ def test_detector_outputs_of_different_ranks(detector):
     assert report[0].latency_ms["p50"] > 0
 
 
+def test_optimize_scores_the_output_it_is_told_and_keeps_all(detector, tmp_path, capsys):
+    """--output boxes: the budget is judged on the boxes (cosine to the original's), the emitted
+    model keeps all three outputs, and the stated score is what its boxes measure."""
+    _, handle = detector
+    model = tmp_path / "detector.onnx"
+    handle.save(model)
+    data = tmp_path / "images.npz"
+    np.savez(data, x=np.random.default_rng(5).standard_normal((160, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    report = cli_json(capsys, "optimize", str(model), "--data", str(data), "--metric", "cosine", "--max-drop", "0.01",
+                      "--output", "boxes", "--techniques", "int8", "--quick", "--goal", "size", "--bench-rounds", "1",
+                      "--out", str(out))
+    assert report["data"]["output"] == "boxes"
+    emitted = edgeopt.load(out / "model.onnx")
+    assert [o.name for o in emitted.outputs] == ["scores", "boxes", "count"]
+    rows = np.load(data)["x"][80:]
+    measured = evaluate(emitted, rows, "cosine", reference=handle, output="boxes")
+    assert measured.value == pytest.approx(report["chosen"]["eval"]["value"], abs=1e-9)
+    assert run(["optimize", str(model), "--data", str(data), "--output", "nope", "--out", str(tmp_path / "x")]) == 1
+    assert "its outputs are ['scores', 'boxes', 'count']" in capsys.readouterr().err
+    assert run(["optimize", str(model), "--data", str(data), "--output", "boxes", "--target", "host",
+                "--out", str(tmp_path / "y")]) == 1
+    assert "first output only" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
 def test_nms_output_is_per_sample_list(tmp_path, capsys):
     path = tmp_path / "nms.onnx"
     onnx.save(nms_detector(), path)

@@ -157,7 +157,8 @@ def verify_emitted(candidate: Candidate, eval_data, report_data: Mapping) -> Non
     from .model import ModelHandle
 
     fresh = ModelHandle(candidate.model.onnx_bytes, name="emitted")
-    outputs = fresh.predict(eval_data.x)[0]
+    scored = report_data.get("data", {}).get("output")
+    outputs = fresh.predict(eval_data.x, outputs=[scored] if scored else None)[0]
     if not np.all(np.isfinite(outputs)):
         raise VerificationError("the chosen model produces non-finite outputs; not written")
     reference = report_data.get("_reference_eval_outputs")
@@ -280,6 +281,7 @@ def optimize(
     resume: bool = False,
     sampler: str = "tpe",
     drop_bound: str = "upper",
+    output: str | int | None = None,
 ) -> "OptimizeResult | SearchOutcome":
     """Compress ``model`` within an accuracy budget and return the measured candidates.
 
@@ -299,7 +301,9 @@ def optimize(
     ``eval`` rows. With ``out`` the result is saved there (see :meth:`OptimizeResult.save`); a
     BudgetError (exit code 2) is raised after writing the report when nothing meets the budget.
     ``quick=True`` tries one int8 variant (plus mixed precision if needed) and skips the
-    confirmation benchmark: for smoke runs and tests.
+    confirmation benchmark: for smoke runs and tests. ``output`` (a name or index) is the model
+    output the metric scores (default the first: a detector's class scores may come second);
+    every output is kept in the emitted model.
     """
     from .data import Dataset, fit_to_model, load_data, parse_split_spec, shuffle_seed, split
     from .evaluation import metric_spec
@@ -309,6 +313,9 @@ def optimize(
     budget_s = parse_time_budget(time_budget)
     spec = metric_spec(metric)
     max_drop = check_max_drop(max_drop, spec)
+    if output is not None and any(v is not None for v in (target, objectives, trials, study)):
+        raise ConfigError("output= (--output) chooses the scored output of the PTQ candidate loop; the search "
+                          "(--target/--objective/--trials/--study) scores the first output only so far")
     if any(v is not None for v in (target, objectives, trials, study)):
         from .search.outcome import optimize_with_search
 
@@ -334,6 +341,7 @@ def optimize(
     dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key, y_key=y_key)
     handle = load_with_data(model, dataset)  # an nn.Module without example inputs is traced on the data
     source_path = str(model) if isinstance(model, (str, os.PathLike)) else None
+    scored = handle.outputs[handle._output_indices(output if output is not None else 0)[0]].name
     if spec.needs_labels and not dataset.has_labels:
         raise DataError(f"metric {spec.name!r} needs labels but data {dataset.name!r} has none "
                         f"(no {y_key!r} array); use --metric agreement to optimize for fidelity to the original model")
@@ -374,14 +382,15 @@ def optimize(
         ctx = PassContext(calib=calib, tune=tune, metric=metric, seed=seed,
                           progress=bar.update, options={"calibration_cache_dir": str(work / "calib-cache")})
         data_record = {"source": str(data) if isinstance(data, (str, os.PathLike)) else dataset.name,
-                       "x_key": x_key, "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(split_spec)}
+                       "x_key": x_key, "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(split_spec),
+                       "output": scored}
 
         # -- baseline ------------------------------------------------------------------------------
         bar.step("evaluating the original model")
         rng_state = np.random.get_state()
         np.random.seed(seed)  # ORT's quantizer and any numpy sampling are deterministic under a seed
-        ref_tune = handle.predict(tune.x)[0]
-        ref_eval = handle.predict(eval_data.x)[0]
+        ref_tune = handle.predict(tune.x, outputs=[scored])[0]
+        ref_eval = handle.predict(eval_data.x, outputs=[scored])[0]
         baseline = Candidate("original", "none", model=handle, status="baseline")
         baseline.tune = _score(metric, ref_tune, tune, ref_tune)
         baseline.eval = _score(metric, ref_eval, eval_data, ref_eval)
@@ -391,9 +400,9 @@ def optimize(
             return budget_s is not None and time.monotonic() - started > budget_s
 
         def evaluate_candidate(c: Candidate) -> None:
-            c.tune = _score(metric, c.model.predict(tune.x)[0], tune, ref_tune)
+            c.tune = _score(metric, c.model.predict(tune.x, outputs=[scored])[0], tune, ref_tune)
             c.drop_tune = _drop(baseline.tune, c.tune)
-            c.eval = _score(metric, c.model.predict(eval_data.x)[0], eval_data, ref_eval)
+            c.eval = _score(metric, c.model.predict(eval_data.x, outputs=[scored])[0], eval_data, ref_eval)
             c.drop_eval = _difference(c.eval, baseline.eval)
 
         def build(name: str, technique: str, steps: list, pre_stats: list | None = None) -> Candidate:
@@ -480,7 +489,7 @@ def optimize(
             bar.step("per-layer sensitivity (one layer int8 at a time)")
             folded = fold(handle, ctx).model
             sensitivity = layer_sensitivity(folded, ctx, rows=tune.take(0, min(SENSITIVITY_ROWS, len(tune))).x,
-                                            reference=ref_tune[:SENSITIVITY_ROWS], samples=calibration_samples,
+                                            reference=ref_tune[:SENSITIVITY_ROWS], samples=calibration_samples, output=scored,
                                             progress=bar.update)
             bar.done()
             base_int8 = next((c for c in candidates if c.name == "int8-minmax" and c.status == "kept"), None)

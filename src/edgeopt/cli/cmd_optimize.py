@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         sampler: str = typer.Option("tpe", "--sampler", help="Search: tpe, nsga2 or random."),
         drop_bound: str = typer.Option("upper", "--drop-bound", help="Search: judge --max-drop on the drop's 95% CI 'upper' end (default: guards against lucky tune scores) or its 'estimate'."),
         json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout instead of tables."),
+        output: Optional[str] = typer.Option(None, "--output", help="The model output the metric scores (name or index; default the first). PTQ candidates only."),
     ):
         """Compress within an accuracy budget: PTQ candidates by default; with --target / --trials /
         --study / --objective, the multi-objective search over every pass against the target's budgets.
@@ -48,6 +49,9 @@ def register(app: typer.Typer) -> None:
         from ._common import parse_fraction
 
         if any(v is not None for v in (target, objective, trials, study)):
+            if output is not None:
+                raise ConfigError("--output chooses the scored output of the PTQ candidates; the search "
+                                  "(--target/--objective/--trials/--study) scores the first output only so far")
             run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
                           time_budget=time_budget, seed=seed, x_key=x_key, y_key=y_key, target=target, objective=objective,
                           trials=trials, study=study, study_name=study_name, resume=resume, sampler=sampler,
@@ -67,7 +71,8 @@ def register(app: typer.Typer) -> None:
         try:
             result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
                               time_budget=time_budget, seed=seed, out=out, progress=True, goal=goal,
-                              x_key=x_key, y_key=y_key, bench_rounds=bench_rounds, quick=quick)
+                              x_key=x_key, y_key=y_key, bench_rounds=bench_rounds, quick=quick,
+                              output=int(output) if output is not None and output.lstrip("-").isdigit() else output)
         except BudgetError:
             raise
         if json_output:

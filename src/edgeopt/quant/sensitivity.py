@@ -14,7 +14,7 @@ import numpy as np
 
 
 def layer_sensitivity(model, ctx, *, rows: np.ndarray, reference: np.ndarray, samples: int = 256,
-                      progress: Callable[[str, float], None] | None = None) -> list[dict]:
+                      progress: Callable[[str, float], None] | None = None, output: str | int = 0) -> list[dict]:
     """``[{layer, op, sqnr_db, top1_agreement, max_abs_error}]`` in graph order, one per weighted layer."""
     from ..evaluation import fidelity
     from ..passes import make_pass
@@ -28,7 +28,7 @@ def layer_sensitivity(model, ctx, *, rows: np.ndarray, reference: np.ndarray, sa
         others = [n for n in layers if n != layer]
         probe = make_pass("quantize.int8", {"samples": samples, "exclude_nodes": others, "compact": False})
         quantized = probe(model, ctx).model
-        fid = fidelity(quantized.predict(rows)[0], reference)
+        fid = fidelity(quantized.predict(rows, outputs=[output])[0], reference)
         out.append({"layer": layer, "op": ops.get(layer, ""), "sqnr_db": round(fid["sqnr_db"], 3),
                     "top1_agreement": fid.get("top1_agreement"), "max_abs_error": fid["max_abs_error"]})
         if progress:
