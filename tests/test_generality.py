@@ -409,9 +409,15 @@ def test_optimize_scores_the_output_it_is_told_and_keeps_all(detector, tmp_path,
     assert measured.value == pytest.approx(report["chosen"]["eval"]["value"], abs=1e-9)
     assert run(["optimize", str(model), "--data", str(data), "--output", "nope", "--out", str(tmp_path / "x")]) == 1
     assert "its outputs are ['scores', 'boxes', 'count']" in capsys.readouterr().err
-    assert run(["optimize", str(model), "--data", str(data), "--output", "boxes", "--target", "host",
-                "--out", str(tmp_path / "y")]) == 1
-    assert "first output only" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    # the search too: trials, held-out check and emitted model all on the boxes
+    searched = cli_json(capsys, "optimize", str(model), "--data", str(data), "--metric", "cosine", "--max-drop", "0.01",
+                        "--output", "1", "--target", "host", "--trials", "3", "--techniques", "fold,quantize.int8,quantize.fp16",
+                        "--split", "calib=0:60,tune=60:110,eval=110:", "--out", str(tmp_path / "y"))
+    assert searched["data"]["output"] == "boxes"
+    chosen = edgeopt.load(tmp_path / "y" / "model.onnx")
+    assert [o.name for o in chosen.outputs] == ["scores", "boxes", "count"]
+    held_out = evaluate(chosen, np.load(data)["x"][110:], "cosine", reference=handle, output="boxes")
+    assert held_out.value == pytest.approx(searched["held_out"]["value"], abs=1e-9)
 
 
 def test_nms_output_is_per_sample_list(tmp_path, capsys):

@@ -302,8 +302,8 @@ def optimize(
     BudgetError (exit code 2) is raised after writing the report when nothing meets the budget.
     ``quick=True`` tries one int8 variant (plus mixed precision if needed) and skips the
     confirmation benchmark: for smoke runs and tests. ``output`` (a name or index) is the model
-    output the metric scores (default the first: a detector's class scores may come second);
-    every output is kept in the emitted model.
+    output the metric scores, in both modes (default the first: a detector's class scores may come
+    second); every output is kept in the emitted model.
     """
     from .data import Dataset, fit_to_model, load_data, parse_split_spec, shuffle_seed, split
     from .evaluation import metric_spec
@@ -313,9 +313,6 @@ def optimize(
     budget_s = parse_time_budget(time_budget)
     spec = metric_spec(metric)
     max_drop = check_max_drop(max_drop, spec)
-    if output is not None and any(v is not None for v in (target, objectives, trials, study)):
-        raise ConfigError("output= (--output) chooses the scored output of the PTQ candidate loop; the search "
-                          "(--target/--objective/--trials/--study) scores the first output only so far")
     if any(v is not None for v in (target, objectives, trials, study)):
         from .search.outcome import optimize_with_search
 
@@ -329,7 +326,7 @@ def optimize(
         return optimize_with_search(model, data, target=target or "host", objectives=objectives, trials=trials, study=study,
                                     study_name=study_name, resume=resume, sampler=sampler, techniques=techniques, drop_bound=drop_bound,
                                     metric=metric, max_drop=max_drop, splits=splits, time_budget=budget_s, seed=seed,
-                                    out=out, progress=progress, x_key=x_key, y_key=y_key)
+                                    out=out, progress=progress, x_key=x_key, y_key=y_key, output=output)
     chosen_techniques = parse_techniques(techniques)
     if goal not in GOALS:
         raise ConfigError(f"goal must be one of {list(GOALS)}; got {goal!r}")

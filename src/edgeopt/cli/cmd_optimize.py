@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         sampler: str = typer.Option("tpe", "--sampler", help="Search: tpe, nsga2 or random."),
         drop_bound: str = typer.Option("upper", "--drop-bound", help="Search: judge --max-drop on the drop's 95% CI 'upper' end (default: guards against lucky tune scores) or its 'estimate'."),
         json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout instead of tables."),
-        output: Optional[str] = typer.Option(None, "--output", help="The model output the metric scores (name or index; default the first). PTQ candidates only."),
+        output: Optional[str] = typer.Option(None, "--output", help="The model output the metric scores (name or index; default the first)."),
     ):
         """Compress within an accuracy budget: PTQ candidates by default; with --target / --trials /
         --study / --objective, the multi-objective search over every pass against the target's budgets.
@@ -49,13 +49,10 @@ def register(app: typer.Typer) -> None:
         from ._common import parse_fraction
 
         if any(v is not None for v in (target, objective, trials, study)):
-            if output is not None:
-                raise ConfigError("--output chooses the scored output of the PTQ candidates; the search "
-                                  "(--target/--objective/--trials/--study) scores the first output only so far")
             run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
                           time_budget=time_budget, seed=seed, x_key=x_key, y_key=y_key, target=target, objective=objective,
                           trials=trials, study=study, study_name=study_name, resume=resume, sampler=sampler,
-                          json_output=json_output, drop_bound=drop_bound)
+                          json_output=json_output, drop_bound=drop_bound, output=_output_arg(output))
             return
 
         spec = metric_spec(metric)
@@ -72,7 +69,7 @@ def register(app: typer.Typer) -> None:
             result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
                               time_budget=time_budget, seed=seed, out=out, progress=True, goal=goal,
                               x_key=x_key, y_key=y_key, bench_rounds=bench_rounds, quick=quick,
-                              output=int(output) if output is not None and output.lstrip("-").isdigit() else output)
+                              output=_output_arg(output))
         except BudgetError:
             raise
         if json_output:
@@ -121,8 +118,14 @@ def _interval(ci, fmt: str) -> str:
     return f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
+def _output_arg(output: str | None) -> str | int | None:
+    """--output as given: an index when it is an integer ('1', '-1'), else a name."""
+    return int(output) if output is not None and output.lstrip("-").isdigit() else output
+
+
 def run_searching(model, *, data, out, metric, max_drop, split, techniques, time_budget, seed, x_key, y_key, target,
-                  objective, trials, study, study_name, resume, sampler, json_output, drop_bound="upper") -> None:
+                  objective, trials, study, study_name, resume, sampler, json_output, drop_bound="upper",
+                  output=None) -> None:
     """`edgeopt optimize --target ...` (and its alias `edgeopt search`): search, write, print the front."""
     from ..evaluation import metric_spec
     from ..optimizer import optimize
@@ -133,7 +136,7 @@ def run_searching(model, *, data, out, metric, max_drop, split, techniques, time
     result = optimize(model, data=data, metric=metric, max_drop=drop, splits=split, techniques=techniques,
                       time_budget=time_budget, seed=seed, out=out, progress=not json_output, x_key=x_key, y_key=y_key,
                       target=target or "host", objectives=objective, trials=trials, study=study, study_name=study_name,
-                      resume=resume, sampler=sampler, drop_bound=drop_bound)
+                      resume=resume, sampler=sampler, drop_bound=drop_bound, output=output)
     if json_output:
         emit_json(result.report_data)
         return

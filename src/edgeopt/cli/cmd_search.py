@@ -49,17 +49,18 @@ def register(app: typer.Typer) -> None:
         y_key: str = typer.Option("y", "--y-key", help="Array name of the labels in an .npz file."),
         out: str = typer.Option(..., "--out", "-o", help="Output folder: model.onnx, recipe.yaml, report.json, report.html, study.db."),
         json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+        output: str = typer.Option(None, "--output", help="The model output the metric scores (name or index; default the first)."),
     ):
         """Alias of `edgeopt optimize --target ...`: search recipes of compression passes for TARGET
         (Pareto front of the objectives under the accuracy and memory budgets), write the chosen
         model. Exit code 2 if nothing meets the budgets (the report is written)."""
-        from .cmd_optimize import run_searching
+        from .cmd_optimize import _output_arg, run_searching
 
         parse_duration(time_budget)   # same accepted forms as before the alias, checked early
         run_searching(model, data=data, out=out, metric=metric, max_drop=max_drop, split=split, techniques=techniques,
                       time_budget=parse_duration(time_budget), seed=seed, x_key=x_key, y_key=y_key, target=target,
                       objective=objective, trials=trials, study=study, study_name=study_name, resume=resume,
-                      sampler=sampler, json_output=json_out, drop_bound=drop_bound)
+                      sampler=sampler, json_output=json_out, drop_bound=drop_bound, output=_output_arg(output))
 
 
 def _print_front(result, con) -> None:

@@ -92,7 +92,7 @@ class CandidateEvaluator:
 
     def __init__(self, model, *, data_splits: Mapping[str, Any], target, metric: str | Callable = "top1",
                  max_drop: float = 0.01, seed: int = 0, screen_rows: int | None = None, latency_rounds: int = 5,
-                 latency: str = "inprocess"):
+                 latency: str = "inprocess", output: str | int | None = None):
         from ..data import fit_to_model
         from ..evaluation import metric_spec
         from ..model import load
@@ -118,7 +118,9 @@ class CandidateEvaluator:
             raise DataError(f"metric {self.spec.name!r} needs labels but the tune split has none; use metric='agreement'")
         n = len(self.tune)
         self.screen_rows = min(n, max(100, n // 4)) if screen_rows is None else min(screen_rows, n)
-        self._reference = self.model.predict(self.tune.x)[0]
+        # the scored output, by name (passes keep every output and its name)
+        self.output = self.model.outputs[self.model._output_indices(0 if output is None else output)[0]].name
+        self._reference = self.model.predict(self.tune.x, outputs=[self.output])[0]
         self.baseline = self._score(self._reference, self.tune)
         self.baseline_static = static_figures(self.model)
 
@@ -225,7 +227,7 @@ class CandidateEvaluator:
         if screen and (self.spec.needs_labels or self.spec.name in ("agreement",)):
             if 0 < self.screen_rows < len(self.tune):
                 sub = self.tune.take(0, self.screen_rows)
-                outputs_screen = candidate.predict(sub.x)[0]
+                outputs_screen = candidate.predict(sub.x, outputs=[self.output])[0]
                 base_sub = self._score(self._reference[: self.screen_rows], sub)
                 cand_sub = self._score(outputs_screen, sub)
                 drop, ci = _drop(cand_sub, base_sub, self.spec.higher_is_better)
@@ -236,7 +238,7 @@ class CandidateEvaluator:
                         replace(metrics, metric=self.spec.name, metric_value=cand_sub.value, metric_drop=drop,
                                 metric_drop_ci=ci, samples=self.screen_rows, stage="screen"))
 
-        outputs = candidate.predict(self.tune.x)[0]
+        outputs = candidate.predict(self.tune.x, outputs=[self.output])[0]
         evaluation = self._score(outputs, self.tune)
         drop, ci = _drop(evaluation, self.baseline, self.spec.higher_is_better)
 

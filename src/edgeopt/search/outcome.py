@@ -212,6 +212,7 @@ def optimize_with_search(
     progress: bool = True,
     x_key: str = "x",
     y_key: str | None = "y",
+    output: str | int | None = None,
 ) -> SearchOutcome:
     """Search recipes for ``target``, then rebuild, check and (with ``out``) write the chosen model.
 
@@ -235,6 +236,7 @@ def optimize_with_search(
     dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key, y_key=y_key)
     handle = load_with_data(model, dataset)  # an nn.Module without example inputs is traced on the data
     source = str(model) if isinstance(model, (str, os.PathLike)) else handle.name
+    scored = handle.outputs[handle._output_indices(0 if output is None else output)[0]].name
     dataset = fit_to_model(dataset, handle)
     ranges = parse_split_spec(splits) if isinstance(splits, str) else dict(splits or {}) or _default_splits(len(dataset))
     missing = [k for k in ("calib", "tune", "eval") if k not in ranges]
@@ -256,14 +258,16 @@ def optimize_with_search(
         Path(out).mkdir(parents=True, exist_ok=True)
         study = f"sqlite:///{Path(out).resolve() / 'study.db'}"
     data_record = {"source": str(data) if isinstance(data, (str, os.PathLike)) else dataset.name, "x_key": x_key,
-                   "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(ranges)}
+                   "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(ranges),
+                   "output": scored}
 
     budget_error = None
     try:
         result = run_search(handle, data_splits={k: parts.get(k) for k in ("calib", "train", "tune")}, target=target,
                             space=space, objectives=objectives, max_drop=max_drop, trials=trials or 20,
                             time_budget=time_budget, storage=study, resume=resume, seed=seed, metric=metric,
-                            out_dir=None, progress=progress, options=SearchOptions(sampler=sampler, study_name=study_name, drop_bound=drop_bound))
+                            out_dir=None, progress=progress, options=SearchOptions(sampler=sampler, study_name=study_name, drop_bound=drop_bound,
+                                                                  output=scored))
     except BudgetError as e:
         if getattr(e, "result", None) is None:
             raise
@@ -279,8 +283,8 @@ def optimize_with_search(
                         {"trial": best.number, "target": target.name, "objectives": list(objectives), "max_drop": max_drop})
         built = replay(handle, recipe, dataset)
         tune, evald = parts["tune"], parts["eval"]
-        tune_value = score(metric, built.predict(tune.x)[0], tune.y, inputs=tune.x,
-                           reference=handle.predict(tune.x)[0]).value
+        tune_value = score(metric, built.predict(tune.x, outputs=[scored])[0], tune.y, inputs=tune.x,
+                           reference=handle.predict(tune.x, outputs=[scored])[0]).value
         stated = best.metrics.metric_value
         torch_stage = any(is_expensive(type(p)) for p in recipe.passes)
         if abs(tune_value - stated) > 1e-12:
@@ -292,9 +296,9 @@ def optimize_with_search(
         else:
             how = f"reproduces the search's tune {spec.name} exactly ({stated:.4f})" + \
                   (" (ONNX-only recipe: byte-for-byte with `edgeopt apply`)" if not torch_stage else "")
-        ref_eval = handle.predict(evald.x)[0]
+        ref_eval = handle.predict(evald.x, outputs=[scored])[0]
         base_eval = score(metric, ref_eval, evald.y, inputs=evald.x, reference=ref_eval)
-        cand_eval = score(metric, built.predict(evald.x)[0], evald.y, inputs=evald.x, reference=ref_eval)
+        cand_eval = score(metric, built.predict(evald.x, outputs=[scored])[0], evald.y, inputs=evald.x, reference=ref_eval)
         sign = -1.0 if spec.higher_is_better else 1.0
         if cand_eval.per_sample is not None and base_eval.per_sample is not None:
             diff = paired_difference(cand_eval, base_eval)

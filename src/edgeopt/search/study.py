@@ -60,6 +60,7 @@ class SearchOptions:
     latency_rounds: int = 5
     latency: str = "inprocess"         # "bench": edgeopt.bench.benchmark in fresh processes (slower)
     drop_bound: str = "upper"          # budget judged on the drop's 95% CI upper end, or "estimate"
+    output: str | int | None = None    # the model output the metric scores (name or index; None: the first)
 
 
 @dataclass(frozen=True)
@@ -573,7 +574,8 @@ def run_search(
     if evaluate_trial is None:
         evaluator = CandidateEvaluator(model, data_splits=data_splits or {}, target=target, metric=metric,
                                        max_drop=max_drop, seed=seed, screen_rows=options.screen_rows,
-                                       latency_rounds=options.latency_rounds, latency=options.latency)
+                                       latency_rounds=options.latency_rounds, latency=options.latency,
+                                       output=options.output)
         try:
             baseline = evaluator.baseline_metrics()
         except ScreenedOut as e:   # the unmodified model may itself be over budget: that is a finding
