@@ -407,6 +407,8 @@ def test_optimize_scores_the_output_it_is_told_and_keeps_all(detector, tmp_path,
     rows = np.load(data)["x"][80:]
     measured = evaluate(emitted, rows, "cosine", reference=handle, output="boxes")
     assert measured.value == pytest.approx(report["chosen"]["eval"]["value"], abs=1e-9)
+    other = evaluate(emitted, rows, "cosine", reference=handle, output="scores")
+    assert abs(other.value - measured.value) > 1e-6  # so the equality above says which output was scored
     assert run(["optimize", str(model), "--data", str(data), "--output", "nope", "--out", str(tmp_path / "x")]) == 1
     assert "its outputs are ['scores', 'boxes', 'count']" in capsys.readouterr().err
     # the search too: trials, held-out check and emitted model all on the boxes
@@ -417,7 +419,8 @@ def test_optimize_scores_the_output_it_is_told_and_keeps_all(detector, tmp_path,
     chosen = edgeopt.load(tmp_path / "y" / "model.onnx")
     assert [o.name for o in chosen.outputs] == ["scores", "boxes", "count"]
     held_out = evaluate(chosen, np.load(data)["x"][110:], "cosine", reference=handle, output="boxes")
-    assert held_out.value == pytest.approx(searched["held_out"]["value"], abs=1e-9)
+    # ORT's float sums differ in the last bits between sessions (seen: 7e-9 apart)
+    assert held_out.value == pytest.approx(searched["held_out"]["value"], abs=1e-6)
 
 
 def test_nms_output_is_per_sample_list(tmp_path, capsys):
