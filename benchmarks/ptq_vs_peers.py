@@ -119,7 +119,8 @@ def ort_default_quantize(src: str, calib_x: np.ndarray, out: str) -> None:
 
     name = onnx.load(src).graph.input[0].name
     with quiet():
-        quantize_static(src, out, ArrayReader(name, calib_x, "float32", 1))
+        rows = np.asarray(calib_x, dtype=np.float32)
+        quantize_static(src, out, ArrayReader([{name: rows[i : i + 1]} for i in range(len(rows))]))
 
 
 def nncf_quantize(python: str, src: str, calib_x: np.ndarray, out: str, work: Path) -> str:

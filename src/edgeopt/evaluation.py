@@ -253,6 +253,12 @@ def model_outputs(model: Any, x: Any, *, output: str | int = 0, batch_size: int 
     return result
 
 
+def has_interval(ci) -> bool:
+    """Whether ``ci`` is a usable (low, high) pair: metrics scored on all rows at once (cosine) have
+    none (NaN in memory, null once read back from JSON)."""
+    return bool(ci) and all(v is not None and v == v for v in ci[:2])
+
+
 def evaluate(model: Any, data: Any, metric: str | Callable = "top1", *, reference: Any = None,
              batch_size: int = 64, reference_outputs: np.ndarray | None = None, output: str | int = 0) -> Evaluation:
     """Run ``model`` over ``data`` and score it; with ``reference`` also report fidelity to it.

@@ -281,21 +281,42 @@ class ModelHandle:
         entry per sample (a detector's boxes after NMS) comes back as a list of per-run arrays,
         one per sample when the model runs one sample at a time.
         """
+        wanted = self._output_indices(outputs)
+        names = [self.outputs[i].name for i in wanted]
+        chunks: list[list[np.ndarray]] = [[] for _ in wanted]
+        ragged = [False] * len(wanted)
+        fixed = self._fixed_batch() is not None
+        for chunk, count, step in self.feed_batches(x, batch_size):
+            for j, out in enumerate(self._run_session(names, chunk)):
+                axis = self.outputs[wanted[j]].batch_axis
+                if axis is None or out.ndim <= axis or out.shape[axis] != (step if fixed else count):
+                    ragged[j] = True
+                else:
+                    out = np.take(out, range(count), axis=axis) if fixed else out
+                    out = np.moveaxis(out, axis, 0) if axis else out
+                chunks[j].append(out)
+        return [list(c) if ragged[j] else np.concatenate(c, axis=0) for j, c in enumerate(chunks)]
+
+    def _fixed_batch(self) -> int | None:
+        fixed = [s.shape[s.batch_axis] for s in self.inputs
+                 if s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)]
+        return fixed[0] if fixed else None
+
+    def feed_batches(self, x: np.ndarray | Mapping[str, np.ndarray], batch_size: int = 64):
+        """Yield ``(model-layout feeds, samples in it, batch size run)`` over ``x`` (samples on axis 0,
+        as :meth:`predict` takes them): ``batch_size`` samples at a time, or the model's fixed batch,
+        the last one then padded by repeating its last sample. Shared by ``predict`` and int8
+        calibration (every input fed)."""
         arrays = self.feeds_from_samples(x)
         axes = {s.name: s.batch_axis for s in self.inputs}
         lengths = {k: v.shape[axes[k]] for k, v in arrays.items() if axes.get(k) is not None and v.ndim}
         if len(set(lengths.values())) > 1:
             raise DataError(f"inputs hold different numbers of samples {lengths}; give every input the same rows")
         n = next(iter(lengths.values()), 1)
-        fixed = [s.shape[s.batch_axis] for s in self.inputs
-                 if s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)]
-        step = fixed[0] if fixed else batch_size
+        fixed = self._fixed_batch()
+        step = fixed or batch_size
         if step < 1:
             raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
-        wanted = self._output_indices(outputs)
-        names = [self.outputs[i].name for i in wanted]
-        chunks: list[list[np.ndarray]] = [[] for _ in wanted]
-        ragged = [False] * len(wanted)
         for start in range(0, n, step):
             stop = min(start + step, n)
             chunk = {}
@@ -309,15 +330,7 @@ class ModelHandle:
                     pad = np.take(part, [-1] * (step - (stop - start)), axis=axis)
                     part = np.concatenate([part, pad], axis=axis)
                 chunk[k] = part
-            for j, out in enumerate(self._run_session(names, chunk)):
-                axis = self.outputs[wanted[j]].batch_axis
-                if axis is None or out.ndim <= axis or out.shape[axis] != (step if fixed else stop - start):
-                    ragged[j] = True
-                else:
-                    out = np.take(out, range(stop - start), axis=axis) if fixed else out
-                    out = np.moveaxis(out, axis, 0) if axis else out
-                chunks[j].append(out)
-        return [list(c) if ragged[j] else np.concatenate(c, axis=0) for j, c in enumerate(chunks)]
+            yield chunk, stop - start, step
 
     def _run_session(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         try:
@@ -344,6 +357,10 @@ class ModelHandle:
             axis = axes.get(key)
             moved[key] = np.moveaxis(arr, 0, axis) if axis and arr.ndim > axis else arr
         return self._feeds(moved)
+
+    def output_name(self, output: str | int | None = None) -> str:
+        """The name of one output given by name or index (None: the first); ConfigError if unknown."""
+        return self.outputs[self._output_indices(0 if output is None else output)[0]].name
 
     def _output_indices(self, outputs: Sequence[str | int] | str | int | None) -> list[int]:
         """Output positions for names or indices (all outputs when None)."""

@@ -338,7 +338,7 @@ def optimize(
     dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key, y_key=y_key)
     handle = load_with_data(model, dataset)  # an nn.Module without example inputs is traced on the data
     source_path = str(model) if isinstance(model, (str, os.PathLike)) else None
-    scored = handle.outputs[handle._output_indices(output if output is not None else 0)[0]].name
+    scored = handle.output_name(output)
     if spec.needs_labels and not dataset.has_labels:
         raise DataError(f"metric {spec.name!r} needs labels but data {dataset.name!r} has none "
                         f"(no {y_key!r} array); use --metric agreement to optimize for fidelity to the original model")
@@ -681,9 +681,10 @@ def _already_quantized(proto) -> bool:
 def _matmul_dominated(proto) -> bool:
     """Whether most weights sit in layers dynamic int8 converts (MatMul/Gemm/LSTM/Attention, embedding
     tables) rather than in convolutions: a CNN's dense head alone is not worth a candidate."""
+    from .passes.quantize_int8 import constant_node_tensors
+
     sizes = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
-    sizes.update({n.output[0]: int(np.prod(n.attribute[0].t.dims)) for n in proto.graph.node
-                  if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    sizes.update({name: int(np.prod(t.dims)) for name, t in constant_node_tensors(proto).items()})
     dense = conv = 0
     for node in proto.graph.node:
         if node.op_type in ("MatMul", "Gemm", "LSTM", "Attention") and len(node.input) > 1:

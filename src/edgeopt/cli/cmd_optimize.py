@@ -113,7 +113,9 @@ def comparison_table(report: dict):
 
 def _interval(ci, fmt: str) -> str:
     """' [lo, hi]', or nothing where a metric has no interval (a fidelity score of the model to itself)."""
-    if not ci or any(v is None or v != v for v in ci[:2]):  # v != v: NaN (a metric scored on all rows at once)
+    from ..evaluation import has_interval
+
+    if not has_interval(ci):
         return ""
     return f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 

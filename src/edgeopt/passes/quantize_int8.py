@@ -26,22 +26,25 @@ from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def constant_node_tensors(proto) -> dict:
+    """``{output name: TensorProto}`` of the main graph's tensor-valued ``Constant`` nodes (some
+    exporters store every weight that way)."""
+    return {n.output[0]: n.attribute[0].t for n in proto.graph.node
+            if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"}
+
+
 def hoist_constants(proto) -> int:
     """Move tensor-valued ``Constant`` nodes of the main graph into initializers, in place; returns
-    how many moved. Some exporters store every weight as a Constant node, and ORT's quantizer only
-    quantizes initializer weights. (ORT's own graph optimizer does this too, inside ``fold``; this
-    covers ``quantize.int8`` run without it. Written here because it is a few lines on the proto.)"""
-    moved = []
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensor = type(node.attribute[0].t)()
-            tensor.CopyFrom(node.attribute[0].t)
-            tensor.name = node.output[0]
-            moved.append((node, tensor))
-    for node, tensor in moved:
+    how many moved. ORT's quantizer only quantizes initializer weights. (ORT's own graph optimizer
+    does this too, inside ``fold``; this covers ``quantize.int8`` run without it. Written here
+    because it is a few lines on the proto.)"""
+    tensors = constant_node_tensors(proto)
+    for node in [n for n in proto.graph.node if n.op_type == "Constant" and n.output[0] in tensors]:
+        tensor = proto.graph.initializer.add()
+        tensor.CopyFrom(tensors[node.output[0]])
+        tensor.name = node.output[0]
         proto.graph.node.remove(node)
-        proto.graph.initializer.append(tensor)
-    return len(moved)
+    return len(tensors)
 
 
 def upgrade_opset(proto, minimum: int = 13):
@@ -73,21 +76,23 @@ def masked_paths(proto, max_hops: int = 12) -> list[str]:
     import numpy as np
     from onnx import numpy_helper
 
-    infinite = set()
-    for init in proto.graph.initializer:
-        if init.data_type in (1, 10, 11, 16):  # float, float16, double, bfloat16
-            values = numpy_helper.to_array(init)
-            if values.size and (not np.all(np.isfinite(values)) or np.max(np.abs(values)) > 1e30):
-                infinite.add(init.name)
-    if not infinite:
-        return []
     consumers: dict[str, list] = {}
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    # Clip/Min/Max with an infinite bound (ReLU written as Clip(0, FLT_MAX)) only bound values, and a
+    # layer's weights are not masks: those constants are never decoded (a transformer's megabytes)
+    not_masks = set(QUANTIZABLE_WEIGHT_OPS) | {"Clip", "Min", "Max"}
+    infinite = set()
+    for init in proto.graph.initializer:
+        if init.data_type in (1, 10, 11, 16) and any(c.op_type not in not_masks for c in consumers.get(init.name, [])):
+            values = numpy_helper.to_array(init)  # float, float16, double, bfloat16
+            if values.size and (not np.all(np.isfinite(values)) or np.max(np.abs(values)) > 1e30):
+                infinite.add(init.name)
+    if not infinite:
+        return []
     keep: dict[str, None] = {}
-    # Clip/Min/Max with an infinite bound (ReLU written as Clip(0, FLT_MAX)) only bound values
-    seeds = [n for n in proto.graph.node if set(n.input) & infinite and n.op_type not in ("Clip", "Min", "Max")]
+    seeds = [n for n in proto.graph.node if set(n.input) & infinite and n.op_type not in not_masks]
     for seed in seeds:
         path: dict[str, str] = {}
         frontier = [(seed, 0)]
@@ -107,9 +112,7 @@ def masked_paths(proto, max_hops: int = 12) -> list[str]:
 def quantizable_nodes(proto) -> list[str]:
     """Names of nodes with a constant weight the int8 quantizer will convert (in graph order); a
     weight may be an initializer or a tensor ``Constant`` node."""
-    inits = {i.name for i in proto.graph.initializer} | {
-        n.output[0] for n in proto.graph.node
-        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"}
+    inits = {i.name for i in proto.graph.initializer} | set(constant_node_tensors(proto))
     out = []
     for node in proto.graph.node:
         if node.op_type in QUANTIZABLE_WEIGHT_OPS and len(node.input) > 1 and node.input[1] in inits:

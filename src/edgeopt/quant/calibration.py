@@ -44,33 +44,15 @@ def sample_count(x: np.ndarray | dict[str, np.ndarray]) -> int:
 
 
 def feed_batches(model, x: np.ndarray | dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
-    """``x`` (samples on axis 0, one array or ``{input: array}``) cut into model-layout feeds of
-    ``batch`` samples (each input's samples moved to its batch axis, dtypes cast as the model wants).
-    A model with a fixed batch of k > 1 gets its last short batch padded by repeating its last sample."""
-    n = sample_count(x)
-    fixed = next((s.shape[s.batch_axis] for s in model.inputs
-                  if s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)), None)
-    step = fixed or max(1, int(batch))
-    out = []
-    for start in range(0, n, step):
-        index = list(range(start, min(start + step, n)))
-        index += [index[-1]] * (step - len(index)) if fixed else []
-        chunk = {k: np.asarray(v)[index] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)[index]
-        out.append({k: np.ascontiguousarray(v) for k, v in model.feeds_from_samples(chunk).items()})
-    return out
+    """``x`` (samples on axis 0) as the model-layout feeds ``predict`` would run, ``batch`` samples
+    each (:meth:`edgeopt.model.ModelHandle.feed_batches`), contiguous as ORT's quantizer wants them."""
+    return [{k: np.ascontiguousarray(v) for k, v in feeds.items()} for feeds, _, _ in model.feed_batches(x, batch)]
 
 
 class ArrayReader:
-    """``CalibrationDataReader`` over prepared feeds (the ORT quantizer pulls one dict per batch).
+    """``CalibrationDataReader`` over prepared feeds (the ORT quantizer pulls one dict per batch)."""
 
-    ``ArrayReader(input_name, x, dtype, batch)`` also reads a plain array for a single named input."""
-
-    def __init__(self, feeds: "list[dict[str, np.ndarray]] | str", x: np.ndarray | None = None,
-                 dtype: str = "float32", batch: int = 1):
-        if isinstance(feeds, str):
-            arr = np.asarray(x).astype(dtype, copy=False)
-            step = max(1, int(batch))
-            feeds = [{feeds: np.ascontiguousarray(arr[i : i + step])} for i in range(0, len(arr), step)]
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
         self.feeds = feeds
         self._start = 0
 

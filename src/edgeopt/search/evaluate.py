@@ -119,7 +119,7 @@ class CandidateEvaluator:
         n = len(self.tune)
         self.screen_rows = min(n, max(100, n // 4)) if screen_rows is None else min(screen_rows, n)
         # the scored output, by name (passes keep every output and its name)
-        self.output = self.model.outputs[self.model._output_indices(0 if output is None else output)[0]].name
+        self.output = self.model.output_name(output)
         self._reference = self.model.predict(self.tune.x, outputs=[self.output])[0]
         self.baseline = self._score(self._reference, self.tune)
         self.baseline_static = static_figures(self.model)

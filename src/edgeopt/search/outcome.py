@@ -147,7 +147,9 @@ class SearchOutcome:
 def _ci_text(ci) -> str:
     """' (95% CI lo..hi)', or nothing for a metric scored on all rows at once (cosine: no per-row
     interval; NaN in memory, null once read back from report.json)."""
-    if not ci or any(v is None or v != v for v in ci[:2]):
+    from ..evaluation import has_interval
+
+    if not has_interval(ci):
         return ""
     return f" (95% CI {ci[0]:.4f}..{ci[1]:.4f})"
 
@@ -236,7 +238,7 @@ def optimize_with_search(
     dataset = data if isinstance(data, Dataset) else load_data(data, x_key=x_key, y_key=y_key)
     handle = load_with_data(model, dataset)  # an nn.Module without example inputs is traced on the data
     source = str(model) if isinstance(model, (str, os.PathLike)) else handle.name
-    scored = handle.outputs[handle._output_indices(0 if output is None else output)[0]].name
+    scored = handle.output_name(output)
     dataset = fit_to_model(dataset, handle)
     ranges = parse_split_spec(splits) if isinstance(splits, str) else dict(splits or {}) or _default_splits(len(dataset))
     missing = [k for k in ("calib", "tune", "eval") if k not in ranges]
