@@ -360,3 +360,24 @@ def test_cli_profile_table_and_errors(dscnn_path, capsys):
     assert "--sort latency needs" in capsys.readouterr().err
     assert run(["profile", str(dscnn_path), "--metric", "top1"]) == 1
     assert "--metric needs --data" in capsys.readouterr().err
+
+
+def test_cli_profile_table_piped_is_not_cropped(tmp_path, capsys, monkeypatch):
+    """Piped output (not a terminal) used to be rendered 80 columns wide: long node names squeezed the
+    numeric columns off the right edge, cutting numbers short ('33,96' for 33,960)."""
+    from edgeopt.cli.main import run
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    rng = np.random.default_rng(0)
+    name = "model/encoder/layer.0/attention/output/dense/MatMul_with_a_long_exported_name"
+    w = numpy_helper.from_array(rng.standard_normal((64, 1234)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name=name)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1234])], [w])
+    path = tmp_path / "long_names.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert run(["profile", str(path), "--no-measure"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "MatMul " in line and "78,976" in line)
+    assert "5,192" in row and row.rstrip().endswith("- │"), row  # live bytes (x + y) and the latency column, whole
+    assert "attention" in out

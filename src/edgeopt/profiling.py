@@ -289,7 +289,9 @@ class Profile:
         for col, justify in (("#", "right"), ("node", "left"), ("op", "left"), ("precision", "left"),
                              ("MACs", "right"), ("params", "right"), ("live bytes", "right"), ("latency", "right")):
             if col == "node":
-                nodes.add_column(col, justify=justify, overflow="fold", ratio=1)
+                # min_width: on an 80-column terminal the numeric columns would otherwise squeeze a
+                # transformer's long node names into a column 2-3 characters wide
+                nodes.add_column(col, justify=justify, overflow="fold", ratio=1, min_width=16)
             else:
                 nodes.add_column(col, justify=justify, no_wrap=True)
         for n in rows:

@@ -11,9 +11,15 @@ from ..errors import ConfigError
 
 
 def console(stderr: bool = False):
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped to a file or a CI log, rich would assume 80 columns and crop the right-hand columns of
+    # the wide tables (numbers cut short look like valid numbers): print 120 wide instead.
+    width = None if "COLUMNS" in os.environ or stream.isatty() else 120
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def emit_json(obj: Any) -> None:
