@@ -3,15 +3,20 @@ Speech Commands) reference models: one table, same evaluation rows, latency rati
 
 Rows per task: fp32 ONNX; the MLPerf reference int8 .tflite on LiteRT; onnxruntime's default
 ``quantize_static`` (QDQ, S8S8, per-tensor, MinMax); NNCF ``nncf.quantize`` on the ONNX model (run
-in its own venv, --nncf-python); ``edgeopt.optimize`` (0.5 pt budget). Calibration rows 0-499,
-evaluation rows 500.. (IC: 500-999 of the CIFAR subset; KWS: 500-4889).
+in its own venv, --nncf-python); Intel Neural Compressor 3.7.1 ``quantization.fit`` with its default
+static ``PostTrainingQuantConfig`` (ONNX Runtime backend, QOperator, no accuracy tuning; run in its own
+venv, --inc-python, pinned to onnx < 1.19: see _inc_quantize.py); ``edgeopt.optimize`` (0.5 pt budget).
+A peer whose venv is missing is skipped; one that fails gets a row with its error. Calibration rows
+0-499 (the same rows for every calibrating method), evaluation rows 500.. (IC: 500-999 of the CIFAR
+subset; KWS: 500-4889).
 
 ONNX models are timed together by ``edgeopt.bench.benchmark`` (fresh processes, interleaved rounds,
 1 thread, batch 1; best-round median). LiteRT cannot run in that harness, so the .tflite model and
 the fp32 ONNX model are also timed in this process, interleaved, and the LiteRT ratio is against
 that in-process fp32 figure.
 
-    python benchmarks/ptq_vs_peers.py [--tasks ic,kws] [--rounds 5] [--out benchmarks/results/ptq_vs_peers.json]
+    python benchmarks/ptq_vs_peers.py [--tasks ic,kws] [--rounds 5] [--nncf-python PY] [--inc-python PY]
+        [--out benchmarks/results/ptq_vs_peers.json]
 """
 
 from __future__ import annotations
@@ -123,14 +128,34 @@ def ort_default_quantize(src: str, calib_x: np.ndarray, out: str) -> None:
         quantize_static(src, out, ArrayReader([{name: rows[i : i + 1]} for i in range(len(rows))]))
 
 
-def nncf_quantize(python: str, src: str, calib_x: np.ndarray, out: str, work: Path) -> str:
+def peer_quantize(python: str, script: str, label: str, src: str, calib_x: np.ndarray, out: str, work: Path) -> str:
+    """Run a peer's quantizer script (``script MODEL.onnx CALIB.npy OUT.onnx``) with the python of its own venv.
+
+    The script's last stdout line names the tool and its version; that line is returned. It runs in ``work``
+    (some tools write workspaces into the current directory).
+    """
     calib_path = work / "calib.npy"
     np.save(calib_path, calib_x.astype(np.float32), allow_pickle=False)
-    script = Path(__file__).with_name("_nncf_quantize.py")
-    proc = subprocess.run([python, str(script), src, str(calib_path), out], capture_output=True, text=True, timeout=1800)
+    script_path = Path(__file__).with_name(script)
+    proc = subprocess.run([python, str(script_path), src, str(calib_path), out], capture_output=True, text=True,
+                          timeout=1800, cwd=work)
     if proc.returncode != 0:
-        raise RuntimeError(f"NNCF failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        raise RuntimeError(f"{label} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return proc.stdout.strip().splitlines()[-1]
+
+
+def nncf_quantize(python: str, src: str, calib_x: np.ndarray, out: str, work: Path) -> str:
+    return peer_quantize(python, "_nncf_quantize.py", "NNCF", src, calib_x, out, work)
+
+
+def inc_quantize(python: str, src: str, calib_x: np.ndarray, out: str, work: Path) -> str:
+    return peer_quantize(python, "_inc_quantize.py", "INC", src, calib_x, out, work)
+
+
+PEERS = (  # (argparse dest of the peer's python, row label, quantizer, output file suffix)
+    ("nncf_python", "NNCF nncf.quantize", nncf_quantize, "nncf"),
+    ("inc_python", "Intel Neural Compressor quantization.fit", inc_quantize, "inc"),
+)
 
 
 def run_task(task: str, args, work: Path) -> list[dict]:
@@ -151,14 +176,16 @@ def run_task(task: str, args, work: Path) -> list[dict]:
     ort_q = str(work / f"{task}_ort_default.onnx")
     ort_default_quantize(onnx_path, calib_x, ort_q)
     models["onnxruntime quantize_static (default)"] = ort_q
-    nncf_note = ""
-    if args.nncf_python and Path(args.nncf_python).exists():
-        nncf_q = str(work / f"{task}_nncf.onnx")
+    for dest, label, quantize, suffix in PEERS:
+        python = getattr(args, dest)
+        if not (python and Path(python).exists()):
+            continue
+        peer_q = str(work / f"{task}_{suffix}.onnx")
         try:
-            nncf_note = nncf_quantize(args.nncf_python, onnx_path, calib_x, nncf_q, work)
-            models[f"NNCF nncf.quantize ({nncf_note})"] = nncf_q
+            note = quantize(python, onnx_path, calib_x, peer_q, work)
+            models[f"{label} ({note})"] = peer_q
         except Exception as e:  # report, don't hide: the row says why it is missing
-            rows.append({"task": task, "method": "NNCF nncf.quantize", "error": str(e)})
+            rows.append({"task": task, "method": label, "error": str(e)})
     t0 = time.monotonic()
     common = dict(data=(x, y), metric="top1", max_drop=0.005, splits={"calib": f"{c0}:{c1}", "eval": f"{e0}:{e1}"},
                   progress=False, seed=0, bench_rounds=args.rounds)
@@ -207,6 +234,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="ic,kws")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nncf-python", default="/work/venv-nncf/bin/python", help="python of a venv with nncf installed")
+    parser.add_argument("--inc-python", default="/work/venv-inc/bin/python",
+                        help="python of a venv with neural-compressor 3.7.1 installed (recipe in _inc_quantize.py)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ptq_vs_peers.json"))
     args = parser.parse_args()
     all_rows: list[dict] = []
