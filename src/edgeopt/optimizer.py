@@ -36,6 +36,10 @@ GOALS = ("latency", "size")
 DEFAULT_TECHNIQUES = ("int8", "fp16", "int4", "mixed")
 # Per-layer sensitivity runs on at most this many tuning rows: it ranks layers, it is not the verdict.
 SENSITIVITY_ROWS = 256
+# Mixed precision stops after MIXED_STALL steps in a row that did not close MIXED_MIN_GAIN of the
+# int8 base's gap to the budget (on a 22M-parameter transformer each step costs ~20 s).
+MIXED_STALL = 3
+MIXED_MIN_GAIN = 0.05
 # Relative latency difference treated as a tie when choosing (then the smaller model wins).
 LATENCY_TIE = 0.05
 # How many accurate candidates the confirmation benchmark re-measures.
@@ -371,6 +375,7 @@ def optimize(
     tune = tune if tune is not None else calib
 
     candidates: list[Candidate] = []
+    notes: list[str] = []  # how the run went, for the report (e.g. why mixed precision stopped)
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeopt-opt-")))
         bar = stack.enter_context(_Progress(progress))
@@ -446,6 +451,10 @@ def optimize(
         if ("int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto())) or "dynamic" in chosen_techniques:
             # transformers, RNNs, MLPs: activations quantized per run need no calibration coverage
             plans.append(("int8-dynamic", "int8", [fold, make_pass("quantize.dynamic")]))
+        if "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto()):
+            # static int8 of the weighted layers only: a transformer's residual stream, LayerNorm and
+            # GELU outputs stay float (their outlier channels defeat one per-tensor scale)
+            plans.append(("int8-weighted-ops", "int8", [fold, make_pass("quantize.int8", {**int8_default, "ops": "weighted"})]))
         if "fp16" in chosen_techniques:
             plans.append(("fp16", "fp16", [fold, make_pass("quantize.fp16")]))
         if "int4" in chosen_techniques:
@@ -483,24 +492,44 @@ def optimize(
         if int8_possible and ("int8" in chosen_techniques or "mixed" in chosen_techniques) and not over_budget():
             from .quant.sensitivity import layer_sensitivity
 
+            # Mixed precision starts from the more accurate static int8 base: all ops quantized, or
+            # (offered for matmul-heavy models) only the weighted layers. Sensitivity is measured the
+            # same way, so that it ranks the layers of the graph mixed precision will edit.
+            bases = [c for c in candidates if c.name in ("int8-minmax", "int8-weighted-ops") and c.status == "kept"
+                     and c.drop_tune is not None]
+            base_int8 = min(bases, key=lambda c: (c.drop_tune, c.name != "int8-minmax")) if bases else None
+            ops = {"ops": "weighted"} if base_int8 is not None and base_int8.name == "int8-weighted-ops" else {}
             bar.step("per-layer sensitivity (one layer int8 at a time)")
             folded = fold(handle, ctx).model
             sensitivity = layer_sensitivity(folded, ctx, rows=tune.take(0, min(SENSITIVITY_ROWS, len(tune))).x,
                                             reference=ref_tune[:SENSITIVITY_ROWS], samples=calibration_samples, output=scored,
-                                            progress=bar.update)
+                                            progress=bar.update, **ops)
             bar.done()
-            base_int8 = next((c for c in candidates if c.name == "int8-minmax" and c.status == "kept"), None)
             if "mixed" in chosen_techniques and base_int8 is not None and not _within(base_int8.drop_tune, max_drop):
                 ranked = [s["layer"] for s in sorted(sensitivity, key=lambda s: s["sqnr_db"])]
+                prefix = "int8-weighted-mixed" if ops else "int8-mixed"
+                best_drop, stalled = base_int8.drop_tune, 0
+                # a step "helps" when it closes at least MIXED_MIN_GAIN of the base's gap to the budget
+                min_gain = MIXED_MIN_GAIN * (base_int8.drop_tune - max_drop)
                 for k in range(1, max(1, len(ranked) // 2) + 1):
                     if over_budget():
                         break
+                    if stalled >= MIXED_STALL:
+                        # each step costs a quantization and an evaluation (20 s on a 22M-parameter
+                        # transformer): stop once more float layers stop helping
+                        notes.append(f"mixed precision stopped after {k - 1} float layer(s): the last {MIXED_STALL} steps "
+                                     f"did not lower the tune drop by {min_gain:.4g} below {best_drop:.4f}")
+                        break
                     bar.step(f"mixed precision: {k} most sensitive layer(s) float")
-                    c = build(f"int8-mixed-{k}-float", "mixed",
-                              [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": ranked[:k]})])
+                    c = build(f"{prefix}-{k}-float", "mixed",
+                              [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": ranked[:k], **ops})])
                     bar.done()
                     if c.status == "kept" and _within(c.drop_tune, max_drop):
                         break
+                    if c.drop_tune is not None and c.drop_tune < best_drop - min_gain:
+                        best_drop, stalled = c.drop_tune, 0
+                    else:
+                        stalled += 1
 
         # -- benchmark everything that built, in one interleaved run --------------------------------
         # a candidate whose graph was built but failed to load or score is not benchmarked (one such
@@ -549,7 +578,8 @@ def optimize(
     # -- choose ------------------------------------------------------------------------------------
     best = _choose(candidates, max_drop, goal)
     report_data = _report_data(handle, source_path, baseline, candidates, best, sensitivity, spec, max_drop, goal,
-                               chosen_techniques, seed, data_record, tune_note, bench_info, parts, time.monotonic() - started)
+                               chosen_techniques, seed, data_record, tune_note, bench_info, parts, time.monotonic() - started,
+                               notes)
     if spec.name in ("agreement", "sqnr", "cosine"):
         report_data["_reference_eval_outputs"] = ref_eval
     result = OptimizeResult(baseline, candidates, best, report_data, eval_data)
@@ -753,7 +783,7 @@ def _layer_table(candidate: Candidate | None, sensitivity: list[dict]) -> list[d
 
 
 def _report_data(handle, source_path, baseline, candidates, best, sensitivity, spec, max_drop, goal, techniques, seed,
-                 data_record, tune_note, bench_info, parts, seconds) -> dict:
+                 data_record, tune_note, bench_info, parts, seconds, notes=()) -> dict:
     base_size = _baseline_size(handle, source_path)
 
     def summary(c: Candidate) -> dict:
@@ -769,7 +799,7 @@ def _report_data(handle, source_path, baseline, candidates, best, sensitivity, s
         "model": {"source": source_path or handle.name, "inputs": [s.to_dict() for s in handle.inputs],
                   "outputs": [s.to_dict() for s in handle.outputs]},
         "settings": {"metric": spec.name, "metric_description": spec.description, "max_drop": max_drop, "goal": goal,
-                     "techniques": list(techniques), "seed": seed},
+                     "techniques": list(techniques), "seed": seed, "notes": list(notes)},
         "data": {**data_record, "rows": {k: {"range": list(v.rows), "samples": len(v)} for k, v in parts.items()},
                  "tuning_note": tune_note},
         "baseline": summary(baseline),

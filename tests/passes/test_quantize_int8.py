@@ -26,7 +26,8 @@ class TestQuantizeInt8(PassContract):
     def bad_params(self):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
                 {"exclude_nodes": "conv1"}, {"percentile": 120}, {"pad_channels": "yes"},
-                {"format": "qoperator", "bias_correction": True}, {"format": "qoperator", "pad_channels": True}]
+                {"format": "qoperator", "bias_correction": True}, {"format": "qoperator", "pad_channels": True},
+                {"ops": "activations"}]
 
 
 @pytest.fixture(scope="module")
