@@ -132,7 +132,7 @@ def test_techniques_dynamic_adds_dynamic_int8_to_a_conv_net(tmp_path, capsys):
     code = run(["optimize", str(MODEL), "--data", str(DATA), "--max-drop", "2pt", "--out", str(out), "--json",
                 "--split", "calib=0:128,eval=128:448", "--techniques", "dynamic", "--goal", "size", "--bench-rounds", "1"])
     report = json.loads(capsys.readouterr().out)
-    assert code == 0 and [c["name"] for c in report["candidates"]] == ["int8-dynamic"]
+    assert code == 0 and [c["name"] for c in report["candidates"]] == ["int8-dynamic", "int8-dynamic-per-channel"]
     assert 0.5 < report["chosen"]["size_ratio"] < 1  # the 64x12 head in int8, convolutions float
     dynamic = next(s for s in report["chosen"]["stats"] if s["pass"] == "quantize.dynamic")
     assert len(dynamic["quantized_layers"]) == 1
