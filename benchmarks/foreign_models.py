@@ -1,5 +1,7 @@
 """`edgeopt optimize` on models unlike the MLPerf CNNs: transformers fed token ids and masks, a
-stateful LSTM, and the MLPerf Tiny anomaly-detection autoencoder (Keras BatchNorm, no labels).
+stateful LSTM, the MLPerf Tiny anomaly-detection autoencoder (Keras BatchNorm, no labels), and the
+real all-MiniLM-L6-v2 sentence encoder (with --minilm-dir: exported by _export_minilm.py, whose
+docstring gives the venv and the download; 1000 rows, calibrate on 0-199, hold out 200-999).
 
 The PyTorch models are built here with seeded random weights (each transformer layer initialised on
 its own, so no weights are shared) and exported to ONNX; their data are seeded random token ids
@@ -7,7 +9,7 @@ its own, so no weights are shared) and exported to ONNX; their data are seeded r
 together, so agreement and cosine to the original are harsh tests. First half of the rows
 calibrates, the second half is held out; 1 thread, the optimizer's own interleaved benchmark.
 
-    python benchmarks/foreign_models.py [--only NAME] [--json benchmarks/results/foreign_models.json]
+    python benchmarks/foreign_models.py [--only NAME] [--minilm-dir DIR] [--json benchmarks/results/foreign_models.json]
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ def _transformer(torch, vocab: int, d: int, heads: int, layers: int):
     return model
 
 
-def build(name: str, folder: Path):
-    """(model path, data path, metric, max_drop, goal) for one case."""
+def build(name: str, folder: Path, minilm_dir: Path | None = None):
+    """(model path, data path, metric, max_drop, goal, splits) for one case."""
+    if name == "minilm-l6":
+        return minilm_dir / "minilm.onnx", minilm_dir / "minilm_tokens.npz", "cosine", 0.01, "latency", "calib=0:200,eval=200:"
     import torch
 
     import edgeopt
@@ -84,20 +88,21 @@ def build(name: str, folder: Path):
         metric, max_drop, goal = "agreement", 0.02, "size"
     elif name == "ad-autoencoder":
         np.savez(data, x=rng.standard_normal((400, 640)).astype(np.float32))
-        return SHARED / "mlperf_tiny" / "ad" / "fc_autoencoder_ad01.onnx", data, "cosine", 0.005, "latency"
+        return SHARED / "mlperf_tiny" / "ad" / "fc_autoencoder_ad01.onnx", data, "cosine", 0.005, "latency", None
     else:
         raise SystemExit(f"unknown case {name!r}")
     path = folder / f"{name}.onnx"
     handle.save(path)
-    return path, data, metric, max_drop, goal
+    return path, data, metric, max_drop, goal, None
 
 
-CASES = ("transformer-1x16", "transformer-4x256", "lstm", "ad-autoencoder")
+CASES = ("transformer-1x16", "transformer-4x256", "lstm", "ad-autoencoder", "minilm-l6")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=CASES)
+    parser.add_argument("--minilm-dir", type=Path, help="folder with minilm.onnx and minilm_tokens.npz (_export_minilm.py)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "foreign_models.json")
     args = parser.parse_args()
 
@@ -107,11 +112,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeopt-foreign-") as tmp:
         for name in [args.only] if args.only else CASES:
-            path, data, metric, max_drop, goal = build(name, Path(tmp))
+            if name == "minilm-l6" and not (args.minilm_dir and (args.minilm_dir / "minilm.onnx").exists()):
+                if args.only:
+                    raise SystemExit("minilm-l6 needs --minilm-dir DIR with minilm.onnx (see benchmarks/_export_minilm.py)")
+                print("minilm-l6: skipped (no --minilm-dir; see benchmarks/_export_minilm.py)", flush=True)
+                continue
+            path, data, metric, max_drop, goal, splits = build(name, Path(tmp), args.minilm_dir)
             started = time.monotonic()
             try:
                 result = edgeopt.optimize(str(path), data=str(data), metric=metric, max_drop=max_drop, goal=goal,
-                                          progress=False)
+                                          splits=splits, progress=False)
                 chosen = result.best
             except BudgetError as e:
                 result, chosen = getattr(e, "result", None), None
@@ -130,19 +140,23 @@ def main() -> None:
                          "bytes": path.stat().st_size, "chosen": chosen.name if chosen else None,
                          "chosen_figures": summary(chosen), "static_int8": summary(by_name.get("int8-minmax")),
                          "dynamic_int8": summary(by_name.get("int8-dynamic")),
+                         "dynamic_int8_per_channel": summary(by_name.get("int8-dynamic-per-channel")),
+                         "weighted_ops_int8": summary(by_name.get("int8-weighted-ops")),
                          "seconds": round(time.monotonic() - started, 1)})
             print(f"{name}: done in {rows[-1]['seconds']} s", flush=True)
 
     def fmt(s, key, spec):
         return "-" if not s or s.get(key) is None else format(s[key], spec)
 
-    print(f"\n| model | bytes | metric, budget | chosen | x size | x latency | held-out drop | static int8 drop | dynamic int8 drop |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| model | bytes | metric, budget | chosen | x size | x latency | held-out drop | static int8 drop "
+          f"| static int8, weighted ops only | dynamic int8 drop | dynamic, per-channel |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c = r["chosen_figures"]
         print(f"| {r['model']} | {r['bytes']:,} | {r['metric']} {r['max_drop']} ({r['goal']}) | {r['chosen'] or 'none (budget error)'} "
               f"| {fmt(c, 'size_ratio', '.3f')} | {fmt(c, 'latency_ratio', '.3f')} | {fmt(c, 'held_out_drop', '.4f')} "
-              f"| {fmt(r['static_int8'], 'held_out_drop', '.4f')} | {fmt(r['dynamic_int8'], 'held_out_drop', '.4f')} |")
+              f"| {fmt(r['static_int8'], 'held_out_drop', '.4f')} | {fmt(r.get('weighted_ops_int8'), 'held_out_drop', '.4f')} "
+              f"| {fmt(r['dynamic_int8'], 'held_out_drop', '.4f')} | {fmt(r.get('dynamic_int8_per_channel'), 'held_out_drop', '.4f')} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows}, indent=2))
     print(f"\nwrote {args.json}")

@@ -142,3 +142,30 @@ def test_mixed_precision_stops_when_more_float_layers_stop_helping(mlp, rows):
     assert len(mixed) >= MIXED_STALL
     notes = result.report()["settings"]["notes"]
     assert any("mixed precision stopped" in n for n in notes), notes
+
+
+def test_weighted_ops_quantizes_embedding_tables_too():
+    """A Gather from a constant float table is a layer with weights (an embedding: half the bytes of
+    all-MiniLM-L6-v2); a Gather of shape values is not."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((500, D)).astype(np.float32)
+    w = (rng.standard_normal((D, 4)) / np.sqrt(D)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("ReduceMean", ["e"], ["pooled"], name="pool", axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "embed", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")])
+    model = edgeopt.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), name="embed")
+    ids = rng.integers(0, 500, (64, 8)).astype(np.int64)
+    result = make_pass("quantize.int8", {"samples": 32, "ops": "weighted", "compact": False})(
+        model, PassContext(calib=Dataset(ids[:32], None, name="calib")))
+    proto = result.model.proto()
+    assert result.stats["quantized_tables"] == ["embed"]
+    int8 = {i.name for i in proto.graph.initializer if i.data_type in (TensorProto.INT8, TensorProto.UINT8)}
+    dq_of = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather")
+    assert dq_of.get(gather.input[0]) in int8  # the table is stored in 8 bits
+    assert result.model.size_bytes < 0.4 * model.size_bytes
+    reference = model.predict(ids[32:])[0]
+    assert _cosine(result.model.predict(ids[32:])[0], reference) > 0.99

@@ -25,8 +25,8 @@ from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 # ops whose weights carry almost all of a CNN's bytes and MACs; without one, int8 buys nothing
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # "all": every op ORT can quantize (Add, pooling, Softmax... too: a CNN runs int8 end to end);
-# "weighted": only the layers with constant weights, their inputs quantized, everything between them
-# float. A transformer's residual stream, LayerNorm, GELU output and attention products carry outlier
+# "weighted": only the layers with constant weights and embedding tables (Gather from a constant),
+# their inputs and outputs quantized, everything between them float. A transformer's residual stream, LayerNorm, GELU output and attention products carry outlier
 # channels that one per-tensor scale cannot hold: the real all-MiniLM-L6-v2 kept 0.80 cosine with
 # "all" and 0.93 with "weighted" (0.99 with its six FFN output layers float as well).
 OPS_MODES = ("all", "weighted")
@@ -233,9 +233,13 @@ class QuantizeInt8(Pass):
             raise ConfigError("quantize.int8: exclude_nodes keeps every weighted layer in float; nothing would be quantized")
 
         masks = masked_paths(proto) if self.float_masks else []
-        op_types, unweighted = None, []
+        op_types, unweighted, tables = None, [], []
         if self.ops == "weighted":
-            weighted = set(candidates)
+            # embedding tables count as weights: a Gather from a constant float table (all-MiniLM-L6-v2's
+            # word embeddings are half its bytes)
+            inits = {i.name: i.data_type for i in proto.graph.initializer}
+            tables = [n.name for n in proto.graph.node if n.op_type == "Gather" and inits.get(n.input[0]) == 1]
+            weighted = set(candidates) | set(tables)
             op_types = sorted({n.op_type for n in proto.graph.node if n.name in weighted})
             # a MatMul of two activations (attention scores) has no weight: it stays float too
             unweighted = [n.name for n in proto.graph.node if n.op_type in op_types and n.name not in weighted]
@@ -269,7 +273,7 @@ class QuantizeInt8(Pass):
                  "calibration_rows": list(rows) if rows else [0, calibration.sample_count(x)],
                  "quantized_layers": [n for n in candidates if n not in excluded],
                  "float_layers": [n for n in candidates if n in excluded], "float_mask_nodes": masks,
-                 "ops": self.ops}
+                 "ops": self.ops, **({"quantized_tables": tables} if self.ops == "weighted" else {})}
         if self.bias_correction:
             if self.format != "qdq":
                 raise ConfigError("quantize.int8: bias_correction edits the float biases of the QDQ form; use format='qdq'")
