@@ -169,3 +169,17 @@ def test_weighted_ops_quantizes_embedding_tables_too():
     assert result.model.size_bytes < 0.4 * model.size_bytes
     reference = model.predict(ids[32:])[0]
     assert _cosine(result.model.predict(ids[32:])[0], reference) > 0.99
+
+
+def test_the_search_varies_ops_for_matmul_models_and_fixes_all_for_conv_nets(mlp, rows, dscnn_path, kws_data_path):
+    common = dict(target="host", trials=4, techniques="quantize.int8", sampler="random", progress=False)
+    searched = edgeopt.optimize(mlp, data=(rows, None), metric="cosine", max_drop=0.5,
+                                splits="calib=0:32,tune=32:64,eval=64:", **common)
+    int8_trials = [t for t in searched.trials if "quantize.int8" in t.steps]
+    assert int8_trials and all("quantize_int8__ops" in t.params for t in int8_trials)  # a searched dimension
+    conv = edgeopt.optimize(dscnn_path, data=kws_data_path, max_drop=0.05, splits="calib=0:100,tune=100:300,eval=300:400",
+                            **common)
+    int8_trials = [t for t in conv.trials if "quantize.int8" in t.steps]
+    assert int8_trials and not any("quantize_int8__ops" in t.params for t in int8_trials)
+    step = next(p for name, p in int8_trials[0].to_recipe().steps if name == "quantize_int8")
+    assert step.get_params()["ops"] == "all"

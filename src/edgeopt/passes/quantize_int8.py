@@ -183,6 +183,8 @@ class QuantizeInt8(Pass):
             "format": Choice(("qdq", "qoperator")),
             "bias_correction": Choice((False, True)),
             "pad_channels": Choice((False, True)),
+            # the search fixes "all" for conv nets and C targets (edgeopt.search.outcome, targets/*.yaml)
+            "ops": Choice(OPS_MODES),
         }
 
     @classmethod

@@ -256,6 +256,12 @@ def optimize_with_search(
     if not techniques and untrainable_reason(handle):
         # the default space: leave out what cannot run rather than spend trials on refusals
         space = SearchSpace(tuple(p for p in space.passes if p.stage != "torch"), space.fixed, space.required)
+    from ..optimizer import _matmul_dominated
+
+    if not _matmul_dominated(handle.proto()):
+        # int8 of the weighted layers only is for transformers' outlier activations; a conv net runs
+        # int8 end to end, so its trials do not spend a dimension on it
+        space = SearchSpace(space.passes, {"quantize_int8__ops": "all", **space.fixed}, space.required)
     if study is None and out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         study = f"sqlite:///{Path(out).resolve() / 'study.db'}"
