@@ -438,7 +438,10 @@ def test_nms_output_is_per_sample_list(tmp_path, capsys):
     np.testing.assert_allclose(best[:, 0], scores.max(axis=(1, 2)))
     with pytest.raises(DataError, match="one row per sample"):
         evaluate(handle, {"boxes": boxes, "scores": scores}, "cosine", reference=handle, output="selected")
-    assert evaluate(handle, {"boxes": boxes, "scores": scores}, "cosine", reference=handle, output="best").value == pytest.approx(1.0)
+    # one score per sample: the cosine of two numbers says nothing (refused); their deviation does
+    with pytest.raises(ConfigError, match="one value per row"):
+        evaluate(handle, {"boxes": boxes, "scores": scores}, "cosine", reference=handle, output="best")
+    assert evaluate(handle, {"boxes": boxes, "scores": scores}, "deviation", reference=handle, output="best").value == 0.0
     bench = cli_json(capsys, "bench", str(path), "--rounds", "1", "--iterations", "3", "--warmup", "1")
     assert bench["results"][0]["batch"] == 1
 

@@ -37,6 +37,8 @@ METRICS: dict[str, MetricSpec] = {
     "agreement": MetricSpec("agreement", False, description="top-1 agreement with the reference model (no labels)"),
     "sqnr": MetricSpec("sqnr", False, description="signal-to-quantization-noise ratio vs the reference, dB (no labels)"),
     "cosine": MetricSpec("cosine", False, description="mean cosine similarity to the reference outputs (no labels)"),
+    "deviation": MetricSpec("deviation", False, higher_is_better=False,
+                            description="mean absolute difference from the reference outputs, in output units (no labels)"),
 }
 
 
@@ -196,6 +198,7 @@ def score(metric: str | Callable, outputs: np.ndarray, labels: np.ndarray | None
         value = float(metric(outputs, labels))
         return Evaluation(spec.name, value, None, None, n, True, fid, None, outputs)
     name = spec.name
+    _refuse_degenerate(name, outputs)
     if name.startswith("top"):
         correct = topk_correct(outputs, labels, int(name[3:]))
         lo, hi = wilson_interval(correct.sum(), n)
@@ -225,7 +228,26 @@ def score(metric: str | Callable, outputs: np.ndarray, labels: np.ndarray | None
         return Evaluation(name, fid["sqnr_db"], None, None, n, True, fid, None, outputs)
     if name == "cosine":
         return Evaluation(name, fid["cosine"], None, None, n, True, fid, None, outputs)
+    if name == "deviation":
+        err = np.abs(_as_scores(outputs).astype(np.float64) - _as_scores(reference).astype(np.float64)).mean(axis=1)
+        lo, hi = bootstrap_interval(err)
+        return Evaluation(name, float(err.mean()), lo, hi, n, False, fid, err, outputs)
     raise ConfigError(f"metric {name!r} is not implemented")  # unreachable: metric_spec() checked it
+
+
+def _refuse_degenerate(name: str, outputs) -> None:
+    """Top-k, agreement and cosine read each row as a vector of scores: on an output with one value
+    per row (a sigmoid probability, a regression) they are constant (argmax is always 0; the cosine
+    of two positive numbers is 1), and every candidate would look perfect."""
+    if not (name.startswith("top") or name in ("agreement", "cosine")):
+        return
+    width = _as_scores(np.asarray(outputs)).shape[1] if len(outputs) else 2
+    if width == 1:
+        raise ConfigError(
+            f"metric {name!r} compares rows of several scores, but the output has one value per row (a sigmoid "
+            "probability or a regression): it would be the same for any model. Use --metric deviation (mean "
+            "absolute difference from the original's outputs, no labels), or mse with labels; choose another "
+            "output with --output")
 
 
 def _safe_auc(s: np.ndarray, y: np.ndarray) -> float:

@@ -351,12 +351,24 @@ class ModelHandle:
         else:
             raw = {spec.name: arr for spec, arr in zip(self.inputs, x)}
         axes = {s.name: s.batch_axis for s in self.inputs}
+        ranks = {s.name: len(s.shape) for s in self.inputs}
         moved = {}
         for key, arr in raw.items():
             arr = np.asarray(arr)
             axis = axes.get(key)
+            if key in axes and axis is None and arr.ndim == ranks[key] + 1:
+                # an input without a batch axis (a sample rate, a flag) given one value per row: the
+                # rows must agree, and the model gets that one value
+                if len(arr) and not np.all(arr == arr[:1]):
+                    raise DataError(f"model input {key!r} has no batch axis (shape {tuple(self._spec(key).shape)}): "
+                                    f"every row of the data must hold the same value; got {len(np.unique(arr))} "
+                                    "different values. Split the data by that value and run each part")
+                arr = arr[0] if len(arr) else arr.reshape(arr.shape[1:])
             moved[key] = np.moveaxis(arr, 0, axis) if axis and arr.ndim > axis else arr
         return self._feeds(moved)
+
+    def _spec(self, name: str) -> TensorSpec:
+        return next(s for s in self.inputs if s.name == name)
 
     def output_name(self, output: str | int | None = None) -> str:
         """The name of one output given by name or index (None: the first); ConfigError if unknown."""
@@ -454,7 +466,9 @@ def make_session(model: bytes | str | os.PathLike, *, threads: int = 1, optimize
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    # 4 (fatal only): a failed run raises, and we turn that into a typed error with ORT's message;
+    # its own error log would print the same text a second time, raw, on stderr
+    so.log_severity_level = 4
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if profile_prefix is not None:

@@ -214,6 +214,10 @@ def check_max_drop(max_drop: float, metric_spec) -> float:
             raise ConfigError(f"max_drop for {metric_spec.name} is a fraction in [0, 1) (0.005 = 0.5 points); got {max_drop!r}")
     elif max_drop < 0:
         raise ConfigError(f"max_drop must be >= 0; got {max_drop!r}")
+    if metric_spec.name == "sqnr":
+        raise ConfigError("--metric sqnr cannot be a budget: the original's SQNR against itself is infinite, so every "
+                          "candidate drops by infinity. Use --metric deviation (mean absolute difference from the "
+                          "original's outputs, output units) or cosine; SQNR is reported for every candidate anyway")
     return float(max_drop)
 
 
@@ -582,7 +586,7 @@ def optimize(
     report_data = _report_data(handle, source_path, baseline, candidates, best, sensitivity, spec, max_drop, goal,
                                chosen_techniques, seed, data_record, tune_note, bench_info, parts, time.monotonic() - started,
                                notes)
-    if spec.name in ("agreement", "sqnr", "cosine"):
+    if spec.name in ("agreement", "sqnr", "cosine", "deviation"):
         report_data["_reference_eval_outputs"] = ref_eval
     result = OptimizeResult(baseline, candidates, best, report_data, eval_data)
     if out is not None:

@@ -750,6 +750,24 @@ def count_macs(model, dims: Mapping[str, int] | None = None) -> dict[str, int]:
     return _count_macs(proto, _static_shapes(proto, _check_dims(handle, dims)), _constants(proto.graph))[0]
 
 
+def _dims_from_data(handle, dataset) -> dict[str, int]:
+    """Sizes of the model's dynamic input dimensions (the batch excluded) as the data's rows have them."""
+    import numpy as np
+
+    arrays = dataset.x if dataset.is_multi_input else {handle.inputs[0].name: dataset.x}
+    found: dict[str, int] = {}
+    for spec in handle.inputs:
+        arr = arrays.get(spec.name)
+        if arr is None:
+            continue
+        per_sample = [d for i, d in enumerate(spec.shape) if i != spec.batch_axis]
+        have = np.shape(arr)[1:] if spec.batch_axis is not None or np.ndim(arr) > len(spec.shape) else np.shape(arr)
+        for d, size in zip(per_sample, have):
+            if isinstance(d, str):
+                found.setdefault(d, int(size))
+    return found
+
+
 def _check_dims(handle, dims: Mapping[str, int] | None) -> dict[str, int] | None:
     """``dims`` checked against the model's symbolic input dimensions (the batch excluded)."""
     if not dims:
@@ -1044,6 +1062,13 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
     graph = proto.graph
     if metric is not None and data is None:
         raise ConfigError("metric needs data: give data= (e.g. an .npz path) or drop metric")
+    dataset = None
+    if data is not None:
+        from .data import fit_to_model, load_data
+
+        dataset = fit_to_model(load_data(data), handle)
+        # dynamic dimensions the user did not size take the data's sizes (a 512-sample audio chunk)
+        dims = {**_dims_from_data(handle, dataset), **(dims or {})} or None
     dims = _check_dims(handle, dims)
     counts = _graph_counts(proto, dims)
     shapes, constants, names, macs, liveness = counts.shapes, counts.constants, counts.names, counts.macs, counts.liveness
@@ -1081,10 +1106,6 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
         notes.append(f"{len(liveness.unknown_size)} activation tensor(s) of unknown size count 0 bytes")
     if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
         notes.append("subgraphs (If/Loop/Scan bodies) are not analysed")
-    if data is not None:
-        from .data import fit_to_model, load_data
-
-        dataset = fit_to_model(load_data(data), handle)
     if measure:
         sample = handle.feeds_from_samples(dataset.take(0, 1).x) if data is not None else None
         latency = measure_latency(handle, sample, threads=threads, runs=runs, dims=dims)

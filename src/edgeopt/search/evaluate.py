@@ -224,7 +224,7 @@ class CandidateEvaluator:
         if reason and screen:
             raise ScreenedOut(f"static estimate: {reason}", metrics)
 
-        if screen and (self.spec.needs_labels or self.spec.name in ("agreement",)):
+        if screen and (self.spec.needs_labels or self.spec.name in ("agreement", "deviation")):
             if 0 < self.screen_rows < len(self.tune):
                 sub = self.tune.take(0, self.screen_rows)
                 outputs_screen = candidate.predict(sub.x, outputs=[self.output])[0]
