@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model file (.onnx, .tflite, .pt2)."),
         data: str = typer.Option(..., "--data", help="Data (.npz, .csv, image folder): calibration and held-out rows."),
         out: str = typer.Option(..., "--out", help="Output folder: model.onnx, recipe.yaml, report.json, report.html."),
-        metric: str = typer.Option("top1", "--metric", help="top1, top5, auc, mse, ... or agreement (no labels needed)."),
+        metric: str = typer.Option("top1", "--metric", help="top1, top5, auc, mse, spearman, or without labels: agreement, cosine, deviation (one value per row)."),
         max_drop: str = typer.Option("0.5pt", "--max-drop", help="Largest allowed metric drop on held-out rows: '0.5pt', '1%' or a fraction '0.005'."),
         split: Optional[str] = typer.Option(None, "--split", help="Disjoint row ranges, e.g. 'calib=0:500,eval=500:' (optional tune=...). Default: first half calib, second half eval."),
         techniques: Optional[str] = typer.Option(None, "--techniques", help="Comma-separated subset of int8,fp16,int4,mixed,dynamic (default: int8,fp16,int4,mixed; int8 includes dynamic int8 for MatMul-heavy models)."),
