@@ -119,3 +119,25 @@ def test_cli_help_is_fast_and_imports_no_heavy_module():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in proc.stdout, proc.stdout
     assert "Usage" in proc.stdout
+
+
+def test_negative_dims_from_converters_are_dynamic(tmp_path):
+    """paddle2onnx writes a dynamic batch as dim_value -1 (the PP-OCR classifier: [-1, 3, ?, ?]); the
+    profile crashed building example inputs ("negative dimensions are not allowed")."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4, "?", "?"])], [w])
+    path = tmp_path / "paddle_like.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    handle = edgeopt.load(path)
+    assert handle.inputs[0].shape == ("batch", 3, "?", "?") and handle.inputs[0].batch_axis == 0
+    assert handle.outputs[0].shape[0] == "batch"
+    feeds = handle.example_inputs(batch=2, dims={"?": 5})
+    assert feeds["x"].shape == (2, 3, 5, 5)
+    (y,) = handle.predict(np.ones((3, 3, 6, 6), np.float32))
+    assert y.shape == (3, 4, 6, 6) and y[0, 0, 2, 2] == 27.0
+    assert edgeopt.profile(handle, measure=False, dims={"?": 8}).macs == 4 * 27 * 64
