@@ -132,8 +132,11 @@ def test_negative_dims_from_converters_are_dynamic(tmp_path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4, "?", "?"])], [w])
     path = tmp_path / "paddle_like.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(proto, path)
     handle = edgeopt.load(path)
+    edgeopt.load(proto)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1  # the caller's proto is not edited
     assert handle.inputs[0].shape == ("batch", 3, "?", "?") and handle.inputs[0].batch_axis == 0
     assert handle.outputs[0].shape[0] == "batch"
     feeds = handle.example_inputs(batch=2, dims={"?": 5})

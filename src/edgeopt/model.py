@@ -642,28 +642,35 @@ def load_onnx(path: str | os.PathLike, *, name: str | None = None) -> ModelHandl
     return _from_onnx_proto(proto, name=name or path.stem, source=str(path), base_dir=path.parent)
 
 
-def _negative_dims_to_symbols(proto) -> int:
+def _negative_dims_to_symbols(proto):
     """Graph input/output dimensions written as -1 (paddle2onnx and some converters do this for
-    "dynamic"; ONNX says a dim_value is >= 0) become named dynamic dimensions, in place: axis 0 the
-    batch, others ``<tensor>_dim<axis>``. Returns how many changed. Without this the batch of a
-    PP-OCR classifier (``[-1, 3, ?, ?]``) was a size of -1 and example inputs failed."""
-    symbols = {d.dim_param for v in list(proto.graph.input) + list(proto.graph.output)
-               for d in v.type.tensor_type.shape.dim if d.dim_param}
+    "dynamic"; ONNX says a dim_value is >= 0) become named dynamic dimensions: axis 0 the batch,
+    others ``<tensor>_dim<axis>``. Returns a copy when something changed (the caller's proto is
+    left alone), else ``proto``. Without this the batch of a PP-OCR classifier (``[-1, 3, ?, ?]``)
+    was a size of -1 and example inputs failed."""
+    def values(p):
+        return list(p.graph.input) + list(p.graph.output)
+
+    if not any(d.HasField("dim_value") and d.dim_value < 0 for v in values(proto) for d in v.type.tensor_type.shape.dim):
+        return proto
+    import onnx
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    symbols = {d.dim_param for v in values(fixed) for d in v.type.tensor_type.shape.dim if d.dim_param}
     batch = next((s for s in ("batch", "N", "batch_size") if s in symbols), "batch")
-    changed = 0
-    for value in list(proto.graph.input) + list(proto.graph.output):
+    for value in values(fixed):
         for axis, d in enumerate(value.type.tensor_type.shape.dim):
             if d.HasField("dim_value") and d.dim_value < 0:
                 d.dim_param = batch if axis == 0 else f"{value.name}_dim{axis}"  # clears dim_value (a oneof)
-                changed += 1
-    return changed
+    return fixed
 
 
 def _from_onnx_proto(proto, *, name: str, source: str | None, source_format: str = "onnx",
                      torch_module=None, base_dir=None) -> ModelHandle:
     import onnx
 
-    _negative_dims_to_symbols(proto)
+    proto = _negative_dims_to_symbols(proto)
 
     try:
         onnx.checker.check_model(proto, full_check=False)
