@@ -26,9 +26,10 @@ from .base import Choice, FloatRange, IntRange, Pass, PassContext, PassResult
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # "all": every op ORT can quantize (Add, pooling, Softmax... too: a CNN runs int8 end to end);
 # "weighted": only the layers with constant weights and embedding tables (Gather from a constant),
-# their inputs and outputs quantized, everything between them float. A transformer's residual stream, LayerNorm, GELU output and attention products carry outlier
-# channels that one per-tensor scale cannot hold: the real all-MiniLM-L6-v2 kept 0.80 cosine with
-# "all" and 0.93 with "weighted" (0.99 with its six FFN output layers float as well).
+# their inputs and outputs quantized, everything between them float. A transformer's residual
+# stream, LayerNorm, GELU output and attention products carry outlier channels that one per-tensor
+# scale cannot hold: the real all-MiniLM-L6-v2 kept 0.80 cosine with "all" and 0.93 with
+# "weighted" (0.99 with its six FFN output layers float as well).
 OPS_MODES = ("all", "weighted")
 
 
