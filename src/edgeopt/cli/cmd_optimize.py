@@ -105,9 +105,13 @@ def comparison_table(report: dict):
     t.add_row(f"{metric} (held-out, n={be['samples']})", f"{be['value']:.4f}{_interval(be.get('ci95'), '.3f')}",
               f"{ce['value']:.4f}{_interval(ce.get('ci95'), '.3f')}",
               f"{d['difference']:+.4f}{_interval(d.get('ci95'), '+.4f')}")
-    agreement = (c.get("fidelity_eval") or {}).get("top1_agreement")
-    if agreement is not None:
+    fidelity = c.get("fidelity_eval") or {}
+    agreement = fidelity.get("top1_agreement")
+    if agreement is not None and (metric.startswith("top") or metric == "agreement"):
         t.add_row("top-1 agreement with original", "", f"{agreement:.4f}", "")
+    elif fidelity.get("sqnr_db") is not None and metric in ("cosine", "deviation"):
+        # an embedding or a probability map has no classes: the argmax agreement would mean nothing
+        t.add_row("SQNR vs original", "", f"{fidelity['sqnr_db']:.1f} dB", "")
     return t
 
 
