@@ -15,6 +15,7 @@ reorders float32 arithmetic), or the pass fails and nothing is emitted.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -58,13 +59,16 @@ class Fold(Pass):
             # (ValidationError "... should be stored in .../foo.bin"). From a file both steps work.
             source = Path(tmp) / "input.onnx"
             onnx.save(proto, str(source))
-            try:
-                quant_pre_process(str(source), out, skip_symbolic_shape=not self.symbolic_shapes)
-            except Exception:
-                if not self.symbolic_shapes:
-                    raise
-                # symbolic shape inference rejects some graphs (custom ops); ONNX's own inference still runs
-                quant_pre_process(str(source), out, skip_symbolic_shape=True)
+            # chdir: when symbolic shape inference is incomplete, ORT saves sym_shape_infer_temp.onnx
+            # into the current directory before raising (seen on the PP-OCRv4 detector); keep it here
+            with contextlib.chdir(tmp):
+                try:
+                    quant_pre_process(str(source), out, skip_symbolic_shape=not self.symbolic_shapes)
+                except Exception:
+                    if not self.symbolic_shapes:
+                        raise
+                    # symbolic shape inference rejects some graphs (custom ops); ONNX's own inference still runs
+                    quant_pre_process(str(source), out, skip_symbolic_shape=True)
             folded = onnx.load(str(out))
         folded.doc_string = ""
         affine = fold_scale_shift(folded)
