@@ -549,7 +549,11 @@ def test_training_passes_refuse_token_inputs_before_converting(transformer, text
     ctx = PassContext(calib=data, tune=data, train=data, metric="agreement", teacher=handle)
     with pytest.raises(UnsupportedModelError, match="one float input.*input_ids.*quantize.dynamic"):
         make_pass(technique)(handle, ctx)
-    assert untrainable_reason(handle) and untrainable_reason(edgeopt.load(TinyDetector(), example_inputs=torch.randn(1, 3, 8, 8))) is None
+    assert untrainable_reason(handle)
+    # one float input but three outputs: distillation would match the first alone, so refused too
+    assert "distil one output" in untrainable_reason(edgeopt.load(TinyDetector(), example_inputs=torch.randn(1, 3, 8, 8)))
+    single = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    assert untrainable_reason(edgeopt.load(single, example_inputs=torch.randn(1, 3, 8, 8))) is None
 
 
 def if_model() -> onnx.ModelProto:

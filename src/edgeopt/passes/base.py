@@ -282,10 +282,14 @@ def run_passes(model: ModelHandle, passes: Sequence[Pass], ctx: PassContext) -> 
 
 def untrainable_reason(model: ModelHandle) -> str | None:
     """Why training passes cannot take ``model`` (None when they can). They fine-tune a PyTorch twin
-    on batches of one float array (edgeopt.training)."""
+    on batches of one float array against one output (edgeopt.training)."""
     inputs = [(s.name, s.dtype) for s in model.inputs]
     if len(inputs) != 1 or not str(inputs[0][1]).startswith("float"):
         return f"training passes take models with one float input; this model takes {inputs}"
+    if len(model.outputs) != 1:
+        # distillation matches one output; with several (a detector's scores and boxes) it would
+        # train on the first alone, whatever --output names
+        return f"training passes distil one output; this model has {len(model.outputs)}: {[s.name for s in model.outputs]}"
     return None
 
 
