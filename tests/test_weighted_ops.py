@@ -183,3 +183,22 @@ def test_the_search_varies_ops_for_matmul_models_and_fixes_all_for_conv_nets(mlp
     assert int8_trials and not any("quantize_int8__ops" in t.params for t in int8_trials)
     step = next(p for name, p in int8_trials[0].to_recipe().steps if name == "quantize_int8")
     assert step.get_params()["ops"] == "all"
+
+
+def test_a_fold_outside_its_tolerance_is_skipped_not_fatal(mlp, rows, monkeypatch):
+    """On PP-OCRv4's recognizer folding moved a softmax output by 1.4e-5 (> fold's 1e-5): the fold
+    pass refused, as it should, and the whole optimize run died with it. Now the candidates are
+    built from the graph as given and the report says why."""
+    import edgeopt.passes.fold as fold_module
+    from edgeopt.errors import VerificationError
+
+    def too_far(*args, **kwargs):
+        raise VerificationError("fold: outputs differ from the original by 1.38e-05 (> tolerance 1e-05); not emitted")
+
+    monkeypatch.setattr(fold_module, "check_close", too_far)
+    result = edgeopt.optimize(mlp, data=(rows, None), metric="cosine", max_drop=0.01, splits="calib=0:48,eval=48:",
+                              techniques="int8", progress=False, bench_rounds=1, bench_iterations=5, goal="size")
+    assert any("fold skipped" in n and "1.38e-05" in n for n in result.report()["settings"]["notes"])
+    built = [c for c in result.candidates if c.model is not None]
+    assert built and all([name for name, _ in c.recipe.steps][0] != "fold" for c in built)
+    assert result.best is not None

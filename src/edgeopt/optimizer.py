@@ -29,7 +29,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .search.outcome import SearchOutcome
 
-from .errors import BudgetError, ConfigError, DataError, EdgeOptError, UnsupportedModelError, VerificationError
+from .errors import BudgetError, ConfigError, DataError, EdgeOptError, UnsupportedModelError, VerificationError, first_line
 
 TECHNIQUES = ("int8", "fp16", "int4", "mixed", "dynamic")  # "dynamic": int8-dynamic even for conv nets
 GOALS = ("latency", "size")
@@ -435,34 +435,45 @@ def optimize(
 
         from .passes import make_pass
 
+        # Graph cleanup first, when it keeps the outputs within its tolerance (1e-5). On a deep net
+        # folding can move a softmax output by float rounding alone (PP-OCRv4's recognizer: 1.4e-5);
+        # then every candidate is built from the graph as given, and the report says why.
         fold = make_pass("fold")
+        bar.step("graph cleanup (fold)")
+        try:
+            folded_handle = fold(handle, ctx).model
+            prep = [fold]
+        except EdgeOptError as e:
+            folded_handle, prep = handle, []
+            notes.append(f"fold skipped, candidates built from the graph as given: {first_line(e)}")
+        bar.done()
         int8_default = {"samples": calibration_samples}
         plans: list[tuple[str, str, list]] = []
         if "int8" in chosen_techniques or "mixed" in chosen_techniques:
-            plans.append(("int8-minmax", "int8", [fold, make_pass("quantize.int8", int8_default)]))
+            plans.append(("int8-minmax", "int8", [*prep, make_pass("quantize.int8", int8_default)]))
         if "int8" in chosen_techniques and not quick:
             plans += [
-                ("int8-percentile", "int8", [fold, make_pass("quantize.int8", {**int8_default, "calibration": "percentile"})]),
-                ("int8-qoperator", "int8", [fold, make_pass("quantize.int8", {**int8_default, "format": "qoperator"})]),
-                ("int8-ort-fused", "int8", [fold, make_pass("quantize.int8", int8_default), make_pass("ort.optimize")]),
+                ("int8-percentile", "int8", [*prep, make_pass("quantize.int8", {**int8_default, "calibration": "percentile"})]),
+                ("int8-qoperator", "int8", [*prep, make_pass("quantize.int8", {**int8_default, "format": "qoperator"})]),
+                ("int8-ort-fused", "int8", [*prep, make_pass("quantize.int8", int8_default), make_pass("ort.optimize")]),
             ]
         if "int8" in chosen_techniques and not quick:
             plans.append(("int8-bias-corrected", "int8",
-                          [fold, make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
+                          [*prep, make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
             if _has_depthwise(handle.proto()):
                 plans.append(("int8-cle-bias-corrected", "int8",
-                              [fold, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
+                              [*prep, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
         if ("int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto())) or "dynamic" in chosen_techniques:
             # transformers, RNNs, MLPs: activations quantized per run need no calibration coverage
-            plans.append(("int8-dynamic", "int8", [fold, make_pass("quantize.dynamic")]))
+            plans.append(("int8-dynamic", "int8", [*prep, make_pass("quantize.dynamic")]))
             # per-channel weight scales: all-MiniLM-L6-v2 kept 0.992 cosine with them, 0.954 without
-            plans.append(("int8-dynamic-per-channel", "int8", [fold, make_pass("quantize.dynamic", {"per_channel": True})]))
+            plans.append(("int8-dynamic-per-channel", "int8", [*prep, make_pass("quantize.dynamic", {"per_channel": True})]))
         if "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto()):
             # static int8 of the weighted layers only: a transformer's residual stream, LayerNorm and
             # GELU outputs stay float (their outlier channels defeat one per-tensor scale)
-            plans.append(("int8-weighted-ops", "int8", [fold, make_pass("quantize.int8", {**int8_default, "ops": "weighted"})]))
+            plans.append(("int8-weighted-ops", "int8", [*prep, make_pass("quantize.int8", {**int8_default, "ops": "weighted"})]))
         if "fp16" in chosen_techniques:
-            plans.append(("fp16", "fp16", [fold, make_pass("quantize.fp16")]))
+            plans.append(("fp16", "fp16", [*prep, make_pass("quantize.fp16")]))
         if "int4" in chosen_techniques:
             plans.append(("int4-weight-only", "int4", [make_pass("quantize.int4")]))
 
@@ -479,18 +490,18 @@ def optimize(
 
         # First layers with very few input channels run slower in int8 on ORT's CPU kernels (measured:
         # DS-CNN's 1-channel 10x4 conv, ResNet-8's RGB conv); offer the variant that keeps them float.
-        proto = fold(handle, ctx).model.proto() if int8_possible and "int8" in chosen_techniques and not quick else None
+        proto = folded_handle.proto() if int8_possible and "int8" in chosen_techniques and not quick else None
         if proto is not None and not over_budget():
             thin = _thin_input_layers(proto)
             if thin:
                 bar.step("building int8 with thin first layer in float")
                 build("int8-first-layer-float", "int8",
-                      [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": thin})])
+                      [*prep, make_pass("quantize.int8", {**int8_default, "exclude_nodes": thin})])
                 build("int8-first-layer-float-qoperator", "int8",
-                      [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": thin, "format": "qoperator"})])
+                      [*prep, make_pass("quantize.int8", {**int8_default, "exclude_nodes": thin, "format": "qoperator"})])
                 # ...or keep it int8 but widened to 4 channels, where ORT's fast symmetric int8 kernel applies
                 build("int8-padded-first-layer", "int8",
-                      [fold, make_pass("quantize.int8", {**int8_default, "pad_channels": True})])
+                      [*prep, make_pass("quantize.int8", {**int8_default, "pad_channels": True})])
                 bar.done()
 
         # -- per-layer sensitivity and mixed precision ----------------------------------------------
@@ -506,8 +517,7 @@ def optimize(
             base_int8 = min(bases, key=lambda c: (c.drop_tune, c.name != "int8-minmax")) if bases else None
             ops = {"ops": "weighted"} if base_int8 is not None and base_int8.name == "int8-weighted-ops" else {}
             bar.step("per-layer sensitivity (one layer int8 at a time)")
-            folded = fold(handle, ctx).model
-            sensitivity = layer_sensitivity(folded, ctx, rows=tune.take(0, min(SENSITIVITY_ROWS, len(tune))).x,
+            sensitivity = layer_sensitivity(folded_handle, ctx, rows=tune.take(0, min(SENSITIVITY_ROWS, len(tune))).x,
                                             reference=ref_tune[:SENSITIVITY_ROWS], samples=calibration_samples, output=scored,
                                             progress=bar.update, **ops)
             bar.done()
@@ -528,7 +538,7 @@ def optimize(
                         break
                     bar.step(f"mixed precision: {k} most sensitive layer(s) float")
                     c = build(f"{prefix}-{k}-float", "mixed",
-                              [fold, make_pass("quantize.int8", {**int8_default, "exclude_nodes": ranked[:k], **ops})])
+                              [*prep, make_pass("quantize.int8", {**int8_default, "exclude_nodes": ranked[:k], **ops})])
                     bar.done()
                     if c.status == "kept" and _within(c.drop_tune, max_drop):
                         break
