@@ -82,8 +82,10 @@ def test_classes_absent_from_tuning_rows_are_not_forgotten(dscnn, kws_data):
     """Tuning rows of 5 words only: teacher-guided synthetic rows keep the pruned model agreeing with
     the original on words it was never tuned on (the DS-CNN bar's split has the same skew).
 
-    Measured: 0.845 -> 0.929 agreement on the 7 absent classes with 800 tuning rows. With 320 rows
-    the synthetic rows hurt instead (0.80 -> 0.73): they then outnumber what the student can fit."""
+    Fine-tuning alone (reconstruct=False), 800 tuning rows: 0.695 -> 0.954 agreement on the 7 absent
+    classes (session 6). With the least-squares refit on (the default) both reach ~0.95 and the refit
+    has its own test below; this one had been written before the refit became the default, and
+    failed since (0.954 vs 0.950: the comparison no longer isolated the synthetic rows)."""
     from dataclasses import replace
 
     from edgeopt.passes.base import PassContext
@@ -96,7 +98,8 @@ def test_classes_absent_from_tuning_rows_are_not_forgotten(dscnn, kws_data):
 
     def agreement(**params):
         ctx = PassContext(tune=tune, teacher=dscnn, seed=0, options={"fine_tune": {"progress": False, "alpha": 1.0}})
-        pruned = PruneChannels(ratio=0.15, importance="taylor", scope="global", epochs=3, lr=1e-3, **params)(dscnn, ctx)
+        pruned = PruneChannels(ratio=0.15, importance="taylor", scope="global", epochs=3, lr=1e-3, reconstruct=False,
+                               **params)(dscnn, ctx)
         return float(np.mean(pruned.model.predict(absent)[0].argmax(1) == reference))
 
     without, with_synthetic = agreement(synthetic=0.0), agreement(synthetic=1.0)
