@@ -463,12 +463,14 @@ def optimize(
             if _has_depthwise(handle.proto()):
                 plans.append(("int8-cle-bias-corrected", "int8",
                               [*prep, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
-        if ("int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto())) or "dynamic" in chosen_techniques:
+        # one scan of the graph (proto() copies it: 90 MB for a MiniLM) for both matmul-only candidates
+        matmul_heavy = "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto())
+        if matmul_heavy or "dynamic" in chosen_techniques:
             # transformers, RNNs, MLPs: activations quantized per run need no calibration coverage
             plans.append(("int8-dynamic", "int8", [*prep, make_pass("quantize.dynamic")]))
             # per-channel weight scales: all-MiniLM-L6-v2 kept 0.992 cosine with them, 0.954 without
             plans.append(("int8-dynamic-per-channel", "int8", [*prep, make_pass("quantize.dynamic", {"per_channel": True})]))
-        if "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto()):
+        if matmul_heavy:
             # static int8 of the weighted layers only: a transformer's residual stream, LayerNorm and
             # GELU outputs stay float (their outlier channels defeat one per-tensor scale)
             plans.append(("int8-weighted-ops", "int8", [*prep, make_pass("quantize.int8", {**int8_default, "ops": "weighted"})]))
