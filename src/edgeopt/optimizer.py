@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .search.outcome import SearchOutcome
 
 from .errors import BudgetError, ConfigError, DataError, EdgeOptError, UnsupportedModelError, VerificationError, first_line
+from .profiling import matmul_dominated
 
 TECHNIQUES = ("int8", "fp16", "int4", "mixed", "dynamic")  # "dynamic": int8-dynamic even for conv nets
 GOALS = ("latency", "size")
@@ -464,7 +465,7 @@ def optimize(
                 plans.append(("int8-cle-bias-corrected", "int8",
                               [*prep, make_pass("equalize"), make_pass("quantize.int8", {**int8_default, "bias_correction": True})]))
         # one scan of the graph (proto() copies it: 90 MB for a MiniLM) for both matmul-only candidates
-        matmul_heavy = "int8" in chosen_techniques and not quick and _matmul_dominated(handle.proto())
+        matmul_heavy = "int8" in chosen_techniques and not quick and matmul_dominated(handle.proto())
         if matmul_heavy or "dynamic" in chosen_techniques:
             # transformers, RNNs, MLPs: activations quantized per run need no calibration coverage
             plans.append(("int8-dynamic", "int8", [*prep, make_pass("quantize.dynamic")]))
@@ -724,24 +725,6 @@ def _already_quantized(proto) -> bool:
     dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in small}
     return any(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in dequantized
                for n in proto.graph.node)
-
-
-def _matmul_dominated(proto) -> bool:
-    """Whether most weights sit in layers dynamic int8 converts (MatMul/Gemm/LSTM/Attention, embedding
-    tables) rather than in convolutions: a CNN's dense head alone is not worth a candidate."""
-    from .passes.quantize_int8 import constant_node_tensors
-
-    sizes = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
-    sizes.update({name: int(np.prod(t.dims)) for name, t in constant_node_tensors(proto).items()})
-    dense = conv = 0
-    for node in proto.graph.node:
-        if node.op_type in ("MatMul", "Gemm", "LSTM", "Attention") and len(node.input) > 1:
-            dense += sizes.get(node.input[1], 0)
-        elif node.op_type == "Gather" and node.input:
-            dense += sizes.get(node.input[0], 0)
-        elif node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
-            conv += sizes.get(node.input[1], 0)
-    return dense > 0 and dense >= conv
 
 
 def _has_depthwise(proto) -> bool:

@@ -1154,3 +1154,21 @@ def profile(model, data=None, *, metric=None, measure: bool = True, threads: int
         evaluation=evaluation,
         notes=tuple(notes),
     )
+
+
+def matmul_dominated(proto) -> bool:
+    """Whether most weights sit in layers dynamic int8 converts (MatMul/Gemm/LSTM/Attention, embedding
+    tables) rather than in convolutions: a CNN's dense head alone is not worth a candidate."""
+    from .passes.quantize_int8 import constant_node_tensors
+
+    sizes = {i.name: math.prod(i.dims) for i in proto.graph.initializer}
+    sizes.update({name: math.prod(t.dims) for name, t in constant_node_tensors(proto).items()})
+    dense = conv = 0
+    for node in proto.graph.node:
+        if node.op_type in ("MatMul", "Gemm", "LSTM", "Attention") and len(node.input) > 1:
+            dense += sizes.get(node.input[1], 0)
+        elif node.op_type == "Gather" and node.input:
+            dense += sizes.get(node.input[0], 0)
+        elif node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+            conv += sizes.get(node.input[1], 0)
+    return dense > 0 and dense >= conv

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BudgetError, ConfigError, VerificationError
+from ..profiling import matmul_dominated
 from .study import (SearchOptions, best_single_technique, load_result, make_storage, no_worse, run_search,
                     single_technique_trials)
 
@@ -256,9 +257,7 @@ def optimize_with_search(
     if not techniques and untrainable_reason(handle):
         # the default space: leave out what cannot run rather than spend trials on refusals
         space = SearchSpace(tuple(p for p in space.passes if p.stage != "torch"), space.fixed, space.required)
-    from ..optimizer import _matmul_dominated
-
-    if not _matmul_dominated(handle.proto()):
+    if not matmul_dominated(handle.proto()):
         # int8 of the weighted layers only is for transformers' outlier activations; a conv net runs
         # int8 end to end, so its trials do not spend a dimension on it
         space = SearchSpace(space.passes, {"quantize_int8__ops": "all", **space.fixed}, space.required)
