@@ -8,7 +8,7 @@ outputs + feature hints on the kept channels, no hard labels) on the tuning rows
 teacher-guided synthetic rows (``synthesize_for_classes``: tuning rows pushed up the teacher's
 gradient toward every class, so the classes missing from the tuning rows are represented), with a
 seeded random 10% of both held out for early stopping on agreement with the teacher. Settings were
-chosen on the tuning rows alone (fine-tune on its words 0-4, judge on its words 5-7).
+chosen on the tuning rows alone (``--split dev``: fine-tune on its words 0-4, judge on its words 5-7).
 
 Latency: ``edgeopt.bench.benchmark`` (fresh processes, rounds interleaved across the models,
 1 thread, batch 1); the ratio is from that one run. int8: the ``quantize.int8`` pass when present,
@@ -74,9 +74,11 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="issue", choices=["issue", "random"],
+    parser.add_argument("--split", default="issue", choices=["issue", "random", "dev"],
                         help="issue: rows 0-2889 / 2890-4889 (sorted by class); random: a seeded shuffle, same sizes "
-                             "(supplementary: shows what representative tuning data changes)")
+                             "(supplementary: shows what representative tuning data changes); dev: inside the tuning "
+                             "rows only, tune on words 0-4 (rows 0-2026), judge on words 5-7 (rows 2027-2889), for "
+                             "choosing settings without looking at the evaluation rows")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -98,6 +100,8 @@ def main() -> None:
         order = np.random.default_rng(args.seed).permutation(len(data))
         pick = lambda idx, name: _replace(data, x=data.x[np.sort(idx)], y=data.y[np.sort(idx)], name=name, rows=None)
         tune, evaluation = pick(order[:2890], "tune_random_2890"), pick(order[2890:4890], "eval_random_2000")
+    elif args.split == "dev":
+        tune, evaluation = data.take(0, 2027), data.take(2027, 2890)
     else:
         tune, evaluation = data.take(0, 2890), data.take(2890, 4890)
     names = list(data.label_names or range(12))
@@ -153,8 +157,8 @@ def main() -> None:
                      "latency_ratio": latency[name] / latency["fp32"], "size_bytes": sizes[name]})
     result = {
         "split": args.split, "n_eval": len(evaluation),
-        "tune_rows": "0-2889" if args.split == "issue" else "seeded random 2890 rows",
-        "eval_rows": "2890-4889" if args.split == "issue" else "the other 2000 rows", "tune_class_mix": mix(tune), "eval_class_mix": mix(evaluation),
+        "tune_rows": {"issue": "0-2889", "dev": "0-2026"}.get(args.split, "seeded random 2890 rows"),
+        "eval_rows": {"issue": "2890-4889", "dev": "2027-2889"}.get(args.split, "the other 2000 rows"), "tune_class_mix": mix(tune), "eval_class_mix": mix(evaluation),
         "settings": vars(args) | {"json": str(args.json) if args.json else None}, "int8_method": int8_how,
         "prune_stats": {k: v for k, v in pruned.stats.items() if k != "fine_tune"},
         "fine_tune": pruned.stats["fine_tune"], "rows": rows, "eval_per_class_top1": per_class,

@@ -387,7 +387,7 @@ def optimize(
         from .passes import PassContext
 
         ctx = PassContext(calib=calib, tune=tune, metric=metric, seed=seed,
-                          progress=bar.update, options={"calibration_cache_dir": str(work / "calib-cache")})
+                          progress=bar.update, options={"calibration_cache_dir": str(work / "calib-cache"), "output": scored})
         data_record = {"source": str(data) if isinstance(data, (str, os.PathLike)) else dataset.name,
                        "x_key": x_key, "y_key": y_key, "splits": {k: list(v.rows) for k, v in parts.items()}, "shuffle": shuffle_seed(split_spec),
                        "output": scored}
@@ -870,9 +870,9 @@ def replay(model: Any, recipe: Any, data: Any = None, *, x_key: str | None = Non
 
         ctx = PassContext(calib=calib, tune=None, train=train, metric=record.get("metric") or "top1",
                           target=Target.parse(record["target"]) if record.get("target") else None,
-                          seed=recipe.seed, teacher=handle)
+                          seed=recipe.seed, teacher=handle, options={"output": record.get("output") or 0})
     else:
-        ctx = PassContext(calib=calib, tune=calib, seed=recipe.seed)
+        ctx = PassContext(calib=calib, tune=calib, seed=recipe.seed, options={"output": record.get("output") or 0})
     rng_state = np.random.get_state()
     np.random.seed(recipe.seed)
     try:

@@ -6,7 +6,9 @@ runtime: ONNX Runtime's CPU kernels fuse only u8 activations x s8 weights (measu
 machine, ResNet-8 1 thread: S8S8 QDQ runs ~1.3-1.9x slower than fp32, U8S8 faster), so ``"auto"``
 means u8 for ONNX Runtime and s8 elsewhere (TFLite/CMSIS-style runtimes want symmetric s8).
 ``exclude_nodes`` keeps the named nodes in float (mixed precision, chosen by the optimizer from
-per-layer sensitivity). ``pad_channels`` widens a Conv that reads 1-3 channels (an RGB or
+per-layer sensitivity); ``float_layers`` = k keeps the k most sensitive weighted layers in float,
+ranked by this pass itself (one probe per layer on the calibration rows: the SQNR of the scored
+output with only that layer int8), which is how the search reaches mixed precision on any model. ``pad_channels`` widens a Conv that reads 1-3 channels (an RGB or
 spectrogram first layer) to 4 with zero weights, so ONNX Runtime runs it with its fast symmetric
 int8 kernel instead of im2col + generic GEMM (see :mod:`edgeopt.quant.pad_channels`; outputs are
 bit-identical). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
@@ -156,6 +158,7 @@ class QuantizeInt8(Pass):
         pad_channels: bool = False,
         float_masks: bool = True,
         ops: str = "all",
+        float_layers: int = 0,
     ):
         self.calibration = calibration
         self.samples = samples
@@ -170,6 +173,7 @@ class QuantizeInt8(Pass):
         self.pad_channels = pad_channels
         self.float_masks = float_masks
         self.ops = ops
+        self.float_layers = float_layers
 
     @classmethod
     def search_space(cls):
@@ -186,6 +190,8 @@ class QuantizeInt8(Pass):
             "pad_channels": Choice((False, True)),
             # the search fixes "all" for conv nets and C targets (edgeopt.search.outcome, targets/*.yaml)
             "ops": Choice(OPS_MODES),
+            # mixed precision: 0-3 most sensitive weighted layers float (fixed 0 on int8-only C targets)
+            "float_layers": IntRange(0, 3),
         }
 
     @classmethod
@@ -210,6 +216,9 @@ class QuantizeInt8(Pass):
             raise ConfigError(f"quantize.int8: parameter 'percentile' must be in (50, 100); got {self.percentile!r}")
         if isinstance(self.exclude_nodes, str) or not all(isinstance(n, str) for n in self.exclude_nodes):
             raise ConfigError(f"quantize.int8: parameter 'exclude_nodes' must be a list of node names; got {self.exclude_nodes!r}")
+        if not isinstance(self.float_layers, int) or isinstance(self.float_layers, bool) or not 0 <= self.float_layers <= 10_000:
+            raise ConfigError(f"quantize.int8: parameter 'float_layers' must be an integer >= 0 (how many of the most "
+                              f"sensitive weighted layers stay float); got {self.float_layers!r}")
         if self.ops not in OPS_MODES:
             raise ConfigError(f"quantize.int8: parameter 'ops' must be one of {list(OPS_MODES)}; got {self.ops!r}")
         for flag in ("per_channel", "compact", "bias_correction", "pad_channels"):
@@ -234,6 +243,21 @@ class QuantizeInt8(Pass):
         excluded = set(self.exclude_nodes)
         if all(n in excluded for n in candidates):
             raise ConfigError("quantize.int8: exclude_nodes keeps every weighted layer in float; nothing would be quantized")
+        sensitive = []
+        if self.float_layers:
+            left = [n for n in candidates if n not in excluded]
+            if self.float_layers >= len(left):
+                raise ConfigError(f"quantize.int8: float_layers={self.float_layers} would keep every weighted layer float "
+                                  f"(the model has {len(left)} to quantize); use a smaller value")
+            from ..quant.sensitivity import most_sensitive
+
+            ctx.report(f"int8: ranking {len(left)} layers by sensitivity", 0.05)
+            x_rank, _ = calibration.calibration_rows(ctx.calib, self.samples)
+            sensitive = most_sensitive(model, ctx, count=self.float_layers, x=x_rank, candidates=left,
+                                       output=ctx.options.get("output", 0), samples=self.samples,
+                                       calibration=self.calibration, percentile=self.percentile,
+                                       per_channel=self.per_channel, activations=self.activations, ops=self.ops)
+            excluded |= {r["layer"] for r in sensitive}
 
         masks = masked_paths(proto) if self.float_masks else []
         op_types, unweighted, tables = None, [], []
@@ -276,7 +300,8 @@ class QuantizeInt8(Pass):
                  "calibration_rows": list(rows) if rows else [0, calibration.sample_count(x)],
                  "quantized_layers": [n for n in candidates if n not in excluded],
                  "float_layers": [n for n in candidates if n in excluded], "float_mask_nodes": masks,
-                 "ops": self.ops, **({"quantized_tables": tables} if self.ops == "weighted" else {})}
+                 "ops": self.ops, **({"quantized_tables": tables} if self.ops == "weighted" else {}),
+                 **({"most_sensitive": [{"layer": r["layer"], "sqnr_db": r["sqnr_db"]} for r in sensitive]} if sensitive else {})}
         if self.bias_correction:
             if self.format != "qdq":
                 raise ConfigError("quantize.int8: bias_correction edits the float biases of the QDQ form; use format='qdq'")

@@ -137,7 +137,8 @@ class CandidateEvaluator:
         # The tune split judges candidates, so passes never see it: fine-tuning passes train on
         # `train` (or fall back to the calibration rows), and distil from the original model.
         return PassContext(calib=self.splits.get("calib"), tune=None, train=self.splits.get("train"),
-                           metric=self.metric, target=self.target, seed=self.seed, teacher=self.model)
+                           metric=self.metric, target=self.target, seed=self.seed, teacher=self.model,
+                           options={"output": self.output})
 
     def measure_latency_ms(self, model) -> float:
         """Best over rounds of the per-round median latency, batch 1, the target's thread count.
