@@ -146,7 +146,16 @@ def test_microcontroller_targets_constrain_what_the_search_proposes():
         assert "quantize.int8" in names and "quantize.fp16" not in names and "quantize.int4" not in names
         int8 = next(p for p in recipe.passes if p.name == "quantize.int8")
         assert int8.format == "qdq" and int8.pad_channels is False   # pad_channels adds a Pad the C path lacks
+        assert int8.float_layers == 0   # no fp32 layers on an int8-only target (mixed precision is for ORT ones)
         study.tell(trial, 0.0)
+    rpi4 = SearchSpace.from_names(["quantize.int8"]).for_target(Target.parse("rpi4"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(40):
+        trial = study.ask()
+        drawn |= {p.float_layers for p in rpi4.suggest(trial).passes if p.name == "quantize.int8"}
+        study.tell(trial, 0.0)
+    assert drawn == {0, 1, 2, 3}   # a target that runs fp32 searches mixed precision
     # the user's own fixed values win over the target's; a host search is not constrained
     mine = SearchSpace.from_names(["quantize.int8"], fixed={"quantize_int8__format": "qoperator"}).for_target(target)
     assert mine.fixed["quantize_int8__format"] == "qoperator"
