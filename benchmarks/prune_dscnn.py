@@ -62,10 +62,10 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--importance", default="l2")
     parser.add_argument("--scope", default="global", choices=["global", "layer"])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=20, help="epochs without a better held-out agreement before stopping (20: the whole cosine schedule runs)")
     parser.add_argument("--steps", type=int, default=2, help="pruning steps, each followed by the least-squares refit")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--synthetic", type=float, default=2.0,
                         help="teacher-guided synthetic rows per tuning row (covers classes absent from the tuning rows)")
     parser.add_argument("--augment", default="auto")
