@@ -245,6 +245,21 @@ def test_transformer_agreement_with_itself_and_fp16(transformer, text_data):
     assert half.value >= 0.99 and half.fidelity["cosine"] > 0.999
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_transformer_histogram_calibration_survives_the_masks_infinite_scores(transformer, text_data, method):
+    """ORT's histogram calibration histograms the attention mask's -inf scores too (the mask path
+    itself stays float) and used to raise "range of [-inf, inf] is not finite"."""
+    from edgeopt.passes import PassContext, make_pass
+
+    _, handle = transformer
+    data = load_data(text_data, x_key="input_ids,attention_mask", y_key=None)
+    assert data.x["attention_mask"].min() == 0   # some rows really are masked
+    result = make_pass("quantize.int8", {"calibration": method, "samples": 24})(handle, PassContext(calib=data.take(0, 24)))
+    held_out = data.take(24, 40)
+    ours = evaluate(result.model, held_out, "cosine", reference=handle)
+    assert np.isfinite(result.model.predict(held_out.x)[0]).all() and ours.value > 0.99
+
+
 def test_multi_input_data_errors_name_the_inputs(transformer):
     _, handle = transformer
     ids = np.zeros((4, SEQ), np.int64)

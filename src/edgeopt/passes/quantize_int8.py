@@ -281,7 +281,7 @@ class QuantizeInt8(Pass):
         ctx.report(f"int8: calibrating on {calibration.sample_count(x)} rows ({self.calibration})", 0.1)
         from ..quant import quiet
 
-        with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp, quiet():
+        with tempfile.TemporaryDirectory(prefix="edgeopt-int8-") as tmp, quiet(), calibration.finite_histograms():
             out = Path(tmp) / "int8.onnx"
             quantize_static(
                 proto, out, reader,

@@ -6,6 +6,7 @@ that records the split and the count identifies exactly which rows were used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,39 @@ def cache_path(cache_dir: str | Path | None, model_bytes: bytes, x: np.ndarray |
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(repr(sorted(settings.items())).encode())
     return Path(cache_dir) / f"calib-{h.hexdigest()[:24]}.json"
+
+
+@contextlib.contextmanager
+def finite_histograms():
+    """Let ONNX Runtime's histogram calibration (entropy, percentile) run on graphs with infinite
+    values: its ``HistogramCollector`` histograms every float tensor of the ops it calibrates,
+    including the nodes ``nodes_to_exclude`` keeps float, and an attention mask's -inf makes
+    ``np.histogram`` raise ("range of [-inf, inf] is not finite"). ORT has no option to skip tensors,
+    so non-finite values are dropped from each collected array while this is active: ranges of the
+    tensors that are quantized come from their finite values (an excluded mask path's do not matter).
+    """
+    from onnxruntime.quantization import calibrate
+
+    collector = getattr(calibrate, "HistogramCollector", None)
+    original = getattr(collector, "collect", None)
+    if original is None:  # a future ORT without it: nothing to patch
+        yield
+        return
+
+    def finite(arrays):
+        # one array, or a list of per-batch arrays (collectors flatten either)
+        parts = [np.asarray(a) for a in arrays] if isinstance(arrays, (list, tuple)) else [np.asarray(arrays)]
+        if not parts or not all(np.issubdtype(p.dtype, np.floating) for p in parts) or all(np.isfinite(p).all() for p in parts):
+            return arrays
+        flat = np.concatenate([p.ravel() for p in parts])
+        kept = flat[np.isfinite(flat)]
+        return kept if kept.size else np.zeros(1, flat.dtype)
+
+    def collect(self, name_to_arr):
+        return original(self, {name: finite(v) for name, v in name_to_arr.items()})
+
+    collector.collect = collect
+    try:
+        yield
+    finally:
+        collector.collect = original
