@@ -475,6 +475,14 @@ def optimize(
             # static int8 of the weighted layers only: a transformer's residual stream, LayerNorm and
             # GELU outputs stay float (their outlier channels defeat one per-tensor scale)
             plans.append(("int8-weighted-ops", "int8", [*prep, make_pass("quantize.int8", {**int8_default, "ops": "weighted"})]))
+        if "int8" in chosen_techniques and not quick:
+            from .quant.control_flow import control_flow_weights
+
+            if control_flow_weights(folded_handle.proto()):
+                # weights inside If/Loop bodies (Silero VAD's LSTM), which ORT's quantizer leaves float:
+                # stored int8 they shrink the file, but ORT then dequantizes them every run
+                plans.append(("int8-control-flow-weights", "int8",
+                              [*prep, make_pass("quantize.int8", {**int8_default, "control_flow_weights": True})]))
         if "fp16" in chosen_techniques:
             plans.append(("fp16", "fp16", [*prep, make_pass("quantize.fp16")]))
         if "int4" in chosen_techniques:

@@ -8,9 +8,13 @@ means u8 for ONNX Runtime and s8 elsewhere (TFLite/CMSIS-style runtimes want sym
 ``exclude_nodes`` keeps the named nodes in float (mixed precision, chosen by the optimizer from
 per-layer sensitivity); ``float_layers`` = k keeps the k most sensitive weighted layers in float,
 ranked by this pass itself (one probe per layer on the calibration rows: the SQNR of the scored
-output with only that layer int8), which is how the search reaches mixed precision on any model. ``pad_channels`` widens a Conv that reads 1-3 channels (an RGB or
-spectrogram first layer) to 4 with zero weights, so ONNX Runtime runs it with its fast symmetric
-int8 kernel instead of im2col + generic GEMM (see :mod:`edgeopt.quant.pad_channels`; outputs are
+output with only that layer int8), which is how the search reaches mixed precision on any model.
+Float weights that only ``If``/``Loop``/``Scan`` bodies use, which ORT's quantizer does not enter,
+can be stored as per-row int8 (``control_flow_weights``: smaller, but slower on ONNX Runtime,
+see :mod:`edgeopt.quant.control_flow`).
+``pad_channels`` widens a Conv that reads 1-3 channels (an RGB or spectrogram first layer) to 4
+with zero weights, so ONNX Runtime runs it with its fast symmetric int8 kernel instead of im2col +
+generic GEMM (see :mod:`edgeopt.quant.pad_channels`; outputs are
 bit-identical). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
 """
 
@@ -159,6 +163,7 @@ class QuantizeInt8(Pass):
         float_masks: bool = True,
         ops: str = "all",
         float_layers: int = 0,
+        control_flow_weights: bool = False,
     ):
         self.calibration = calibration
         self.samples = samples
@@ -174,6 +179,7 @@ class QuantizeInt8(Pass):
         self.float_masks = float_masks
         self.ops = ops
         self.float_layers = float_layers
+        self.control_flow_weights = control_flow_weights
 
     @classmethod
     def search_space(cls):
@@ -221,7 +227,7 @@ class QuantizeInt8(Pass):
                               f"sensitive weighted layers stay float); got {self.float_layers!r}")
         if self.ops not in OPS_MODES:
             raise ConfigError(f"quantize.int8: parameter 'ops' must be one of {list(OPS_MODES)}; got {self.ops!r}")
-        for flag in ("per_channel", "compact", "bias_correction", "pad_channels"):
+        for flag in ("per_channel", "compact", "bias_correction", "pad_channels", "control_flow_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"quantize.int8: parameter {flag!r} must be true or false; got {getattr(self, flag)!r}")
 
@@ -302,6 +308,12 @@ class QuantizeInt8(Pass):
                  "float_layers": [n for n in candidates if n in excluded], "float_mask_nodes": masks,
                  "ops": self.ops, **({"quantized_tables": tables} if self.ops == "weighted" else {}),
                  **({"most_sensitive": [{"layer": r["layer"], "sqnr_db": r["sqnr_db"]} for r in sensitive]} if sensitive else {})}
+        if self.control_flow_weights:
+            from ..quant.control_flow import quantize_control_flow_weights
+
+            moved = quantize_control_flow_weights(quantized)
+            if moved:
+                stats["control_flow_weights_int8"] = moved
         if self.bias_correction:
             if self.format != "qdq":
                 raise ConfigError("quantize.int8: bias_correction edits the float biases of the QDQ form; use format='qdq'")
