@@ -56,6 +56,10 @@ class FineTune:
     #: score the starting weights on the tuning split too, and keep them if no epoch beats them
     #: (passes whose starting model is already a valid answer, e.g. a refit pruned model)
     keep_start: bool = False
+    #: decay of an exponential moving average of the weights (0 = off): each epoch is judged, and the
+    #: result kept, with the averaged weights, which wander less than the last step's between epochs
+    #: (torch.optim.swa_utils). Not combined with an ``after_step`` hook (masks, quantizers): ignored there.
+    ema: float = 0.0
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -76,6 +80,8 @@ class FineTune:
             raise ConfigError(f"fine-tune max_relative_step must be > 0; got {self.max_relative_step!r}")
         if not 0 <= self.holdout < 0.5:
             raise ConfigError(f"fine-tune holdout must be a fraction in [0, 0.5); got {self.holdout!r}")
+        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise ConfigError(f"fine-tune ema must be a decay in [0, 1) (0 = off, e.g. 0.995); got {self.ema!r}")
 
 
 @dataclass
@@ -416,6 +422,12 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
             result.best_score, result.best_epoch, result.score_name = value, -1, name
             best_state = copy.deepcopy(module.state_dict())
             result.start_score = value
+        averaged = None
+        if config.ema > 0 and callbacks.after_step is None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            averaged = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        judged = module if averaged is None else averaged.module
         progress = _progress(config.progress)
         with progress:
             task = progress.add_task("fine-tuning", total=total)
@@ -448,19 +460,21 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
                     scheduler.step()
                     if callbacks.after_step:
                         callbacks.after_step(module)
+                    if averaged is not None:
+                        averaged.update_parameters(module)
                     losses.append(float(loss.detach()))
                     progress.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs} loss {np.mean(losses):.4f}")
                 entry = {"epoch": epoch, "train_loss": float(np.mean(losses))}
                 result.epochs_run = epoch + 1
                 if x_tune is not None:
-                    name, value = _score(predict(module, x_tune), y_tune, t_tune)
+                    name, value = _score(predict(judged, x_tune), y_tune, t_tune)
                     entry[name] = value
                     result.score_name = name
                     if epoch < callbacks.first_eligible_epoch:
                         pass
                     elif result.best_score is None or value > result.best_score:
                         result.best_score, result.best_epoch, stale = value, epoch, 0
-                        best_state = copy.deepcopy(module.state_dict())
+                        best_state = copy.deepcopy(judged.state_dict())
                     else:
                         stale += 1
                 result.history.append(entry)
@@ -470,6 +484,8 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
                     break
         if best_state is not None:
             module.load_state_dict(best_state)
+        elif averaged is not None:   # no split to judge epochs on: the average is the result
+            module.load_state_dict(averaged.module.state_dict())
         module.eval()
         return result
     finally:
