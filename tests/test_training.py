@@ -48,10 +48,27 @@ def test_unlabeled_needs_teacher_and_works_with_one():
 
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"schedule": "step"}, {"augment": "mixup"}, {"alpha": 2},
-                                 {"temperature": 0}, {"batch_size": 0}])
+                                 {"temperature": 0}, {"batch_size": 0}, {"ema": 1.0}, {"ema": -0.1}])
 def test_bad_config(bad):
     with pytest.raises(ConfigError):
         FineTune(**bad).validate()
+
+
+def test_ema_keeps_the_averaged_weights():
+    """With a decay near 1 the average barely leaves the weights after the first step; the result is
+    that average, not the last step's weights (which moved far in 5 epochs at this rate)."""
+    start = [p.detach().clone() for p in _net().parameters()]
+    common = dict(epochs=5, lr=5e-2, progress=False, augment="none", max_relative_step=1.0, holdout=0.0, schedule="constant")
+    plain, averaged = _net(), _net()
+    fine_tune(plain, _data(), config=FineTune(**common), seed=0)
+    fine_tune(averaged, _data(), config=FineTune(**common, ema=0.9999), seed=0)
+    moved = lambda net: sum(float((p.detach() - s).norm()) for p, s in zip(net.parameters(), start))
+    assert moved(averaged) < 0.25 * moved(plain)   # about one AdamW step (lr per element) against five epochs
+    # judged on a tuning split, the kept epoch is an averaged state too, and it still learns
+    report = fine_tune(_net(), _data(), tune=_data(100, seed=1),
+                       config=FineTune(epochs=6, lr=1e-2, batch_size=16, progress=False, patience=10, augment="none",
+                                       max_relative_step=1.0, ema=0.9))
+    assert report.best_score > 0.8
 
 
 def test_time_shift_moves_only_time_axis():
