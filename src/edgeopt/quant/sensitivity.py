@@ -75,6 +75,7 @@ def most_sensitive(model, ctx, *, count: int, x, candidates: list[str], output: 
                                                           "calibration_cache_dir": ctx.options.get("calibration_cache_dir") or tmp})
             table = layer_sensitivity(model, probe_ctx, rows=x, reference=reference, output=output, layers=candidates,
                                       **settings)
-        _RANKINGS.clear() if len(_RANKINGS) > 64 else None
+        if len(_RANKINGS) > 64:   # bounded: a long search sees many distinct upstream models
+            _RANKINGS.clear()
         _RANKINGS[key] = sorted(table, key=lambda r: r["sqnr_db"])  # stable: graph order breaks ties
     return [dict(r) for r in _RANKINGS[key][:count]]
