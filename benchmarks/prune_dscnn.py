@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="decay of a moving average of the weights used to judge epochs and kept (0 = off)")
+    parser.add_argument("--restarts", type=int, default=1,
+                        help="fine-tuning runs from the same pruned start, kept as a greedy soup (1 = one run)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="issue", choices=["issue", "random", "dev"],
@@ -115,7 +117,7 @@ def main() -> None:
     base = evaluate(original)
     ctx = PassContext(tune=tune, teacher=original, seed=args.seed,
                       options={"fine_tune": {"alpha": args.alpha, "patience": args.patience, "progress": False,
-                                           "ema": args.ema}})
+                                           "ema": args.ema, "restarts": args.restarts}})
     pruned = make_pass("prune.channels", {"ratio": args.ratio, "importance": args.importance, "epochs": args.epochs, "scope": args.scope,
                                           "lr": args.lr, "feature_weight": args.feature_weight, "steps": args.steps,
                                           "synthetic": args.synthetic, "augment": args.augment,

@@ -48,7 +48,8 @@ def test_unlabeled_needs_teacher_and_works_with_one():
 
 
 @pytest.mark.parametrize("bad", [{"epochs": -1}, {"schedule": "step"}, {"augment": "mixup"}, {"alpha": 2},
-                                 {"temperature": 0}, {"batch_size": 0}, {"ema": 1.0}, {"ema": -0.1}])
+                                 {"temperature": 0}, {"batch_size": 0}, {"ema": 1.0}, {"ema": -0.1}, {"restarts": 0},
+                                 {"restarts": 2.5}])
 def test_bad_config(bad):
     with pytest.raises(ConfigError):
         FineTune(**bad).validate()
@@ -69,6 +70,26 @@ def test_ema_keeps_the_averaged_weights():
                        config=FineTune(epochs=6, lr=1e-2, batch_size=16, progress=False, patience=10, augment="none",
                                        max_relative_step=1.0, ema=0.9))
     assert report.best_score > 0.8
+
+
+def test_restarts_keep_a_greedy_soup_no_worse_than_the_best_run():
+    from edgeopt.training import predict
+
+    tune = _data(100, seed=1)
+    cfg = FineTune(epochs=3, lr=1e-2, batch_size=16, progress=False, patience=10, augment="noise", max_relative_step=1.0,
+                   restarts=3)
+    net = _net()
+    report = fine_tune(net, _data(), tune=tune, config=cfg, seed=0)
+    assert [r["restart"] for r in report.runs] == [0, 1, 2]
+    best_run = max(report.runs, key=lambda r: r["best_score"])
+    assert best_run["restart"] in report.soup and report.best_score >= best_run["best_score"]
+    # the runs differ (own batches and noise), and the module holds the soup the report scores
+    assert len({r["best_score"] for r in report.runs}) > 1 or len(report.soup) > 1
+    assert (predict(net, tune.x).argmax(1) == tune.y).mean() == pytest.approx(report.best_score)
+    # restart 0 is exactly a plain run with the same seed
+    plain = _net()
+    single = fine_tune(plain, _data(), tune=tune, config=FineTune(**{**cfg.__dict__, "restarts": 1}), seed=0)
+    assert single.best_score == report.runs[0]["best_score"]
 
 
 def test_time_shift_moves_only_time_axis():

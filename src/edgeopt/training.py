@@ -60,6 +60,11 @@ class FineTune:
     #: result kept, with the averaged weights, which wander less than the last step's between epochs
     #: (torch.optim.swa_utils). Not combined with an ``after_step`` hook (masks, quantizers): ignored there.
     ema: float = 0.0
+    #: train this many times from the same start (seeds seed, seed+1, ...; the same held-out rows)
+    #: and keep a greedy soup of the results: their weights averaged, each run added only if the
+    #: average's held-out score does not drop (Wortsman et al. 2022, "Model soups"). Fine-tuning
+    #: on a few thousand rows is noisy: the same recipe with another seed can land a point apart.
+    restarts: int = 1
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -80,6 +85,8 @@ class FineTune:
             raise ConfigError(f"fine-tune max_relative_step must be > 0; got {self.max_relative_step!r}")
         if not 0 <= self.holdout < 0.5:
             raise ConfigError(f"fine-tune holdout must be a fraction in [0, 0.5); got {self.holdout!r}")
+        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) or not 1 <= self.restarts <= 64:
+            raise ConfigError(f"fine-tune restarts must be an int in 1..64 (1 = one run); got {self.restarts!r}")
         if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise ConfigError(f"fine-tune ema must be a decay in [0, 1) (0 = off, e.g. 0.995); got {self.ema!r}")
 
@@ -106,11 +113,17 @@ class FineTuneReport:
     history: list = field(default_factory=list)
     #: the starting weights' score (``FineTune.keep_start``); ``best_epoch`` -1 means they were kept
     start_score: float | None = None
+    #: ``FineTune.restarts`` > 1: each run's report and which runs the soup averaged
+    runs: list = field(default_factory=list)
+    soup: list = field(default_factory=list)
+    #: the held-out rows, their labels and teacher outputs (for the soup; not reported)
+    holdout: tuple | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_score": self.best_score,
                 "score": self.score_name, "history": self.history,
-                "start_score": self.start_score}
+                "start_score": self.start_score,
+                **({"runs": self.runs, "soup": self.soup} if self.runs else {})}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +348,7 @@ def _score(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray
 
 def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = FineTune(), seed: int = 0,
               callbacks: Callbacks | None = None, trainable=None, report: Callable[[str, float], None] | None = None,
-              extra_inputs: np.ndarray | None = None) -> FineTuneReport:
+              extra_inputs: np.ndarray | None = None, _restart: int = 0) -> FineTuneReport:
     """Fine-tune ``module`` in place on ``train`` (an :class:`edgeopt.data.Dataset`), distilling from ``teacher``.
 
     ``tune`` is the early-stopping split; without one, a seeded random ``config.holdout`` share of
@@ -353,6 +366,9 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
     import torch
 
     config.validate()
+    if config.restarts > 1 and not (callbacks and callbacks.after_step):  # (masks, quantizers: one run)
+        return _greedy_soup(module, train, tune=tune, teacher=teacher, config=config, seed=seed, callbacks=callbacks,
+                            trainable=trainable, report=report, extra_inputs=extra_inputs)
     callbacks = callbacks or Callbacks()
     teacher_of = _teacher_fn(teacher)
     if train is None or len(train) == 0:
@@ -389,15 +405,17 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
             x_tune, y_tune = np.concatenate([x_tune, extra_inputs[:cut]]), None
         x_all, y_all = np.concatenate([x_all, extra_inputs[cut:]]), None
     t_tune = teacher_of(x_tune) if (teacher_of and x_tune is not None) else None
+    if _restart:  # another run of a soup: the same held-out rows, its own batches, noise and init
+        rng = np.random.default_rng([seed, _restart])
 
     threads_before = torch.get_num_threads()
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + 7919 * _restart)
     torch.use_deterministic_algorithms(True, warn_only=True)
     noise_scale = 0.02 * float(x_all.std()) if kind != "none" else 0.0
     params = [p for p in (trainable if trainable is not None else module.parameters()) if p.requires_grad]
-    result = FineTuneReport()
+    result = FineTuneReport(holdout=(x_tune, y_tune, t_tune) if x_tune is not None else None)
     try:
         if config.epochs == 0 or not params:
             return result
@@ -491,6 +509,48 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
     finally:
         torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _greedy_soup(module, train, *, config: FineTune, seed: int, **kwargs) -> FineTuneReport:
+    """``config.restarts`` runs from the same start, then the greedy soup (see ``FineTune.restarts``)."""
+    import torch
+
+    start = copy.deepcopy(module.state_dict())
+    single = replace(config, restarts=1)
+    runs = []
+    for i in range(config.restarts):
+        module.load_state_dict(start)
+        run = fine_tune(module, train, config=single, seed=seed, _restart=i, **kwargs)
+        runs.append((run, copy.deepcopy(module.state_dict())))
+    holdout = runs[0][0].holdout
+    if holdout is None or any(r.best_score is None for r, _ in runs):
+        # nothing to judge a soup on: the first run, as a plain fine-tune would have returned it
+        module.load_state_dict(runs[0][1])
+        return runs[0][0]
+    x_tune, y_tune, t_tune = holdout
+
+    def mix(states):
+        return {k: (torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v)
+                for k, v in states[0].items()}
+
+    def judge(state):
+        module.load_state_dict(state)
+        return _score(predict(module, x_tune), y_tune, t_tune)[1]
+
+    order = sorted(range(len(runs)), key=lambda i: -runs[i][0].best_score)
+    chosen = [order[0]]
+    best = runs[order[0]][0].best_score
+    for i in order[1:]:
+        value = judge(mix([runs[j][1] for j in chosen + [i]]))
+        if value >= best:
+            chosen, best = chosen + [i], value
+    module.load_state_dict(mix([runs[j][1] for j in chosen]))
+    module.eval()
+    first = runs[order[0]][0]
+    return FineTuneReport(epochs_run=sum(r.epochs_run for r, _ in runs), best_epoch=first.best_epoch, best_score=best,
+                          score_name=first.score_name, history=first.history, start_score=first.start_score,
+                          runs=[{"restart": i, "best_score": r.best_score, "best_epoch": r.best_epoch}
+                                for i, (r, _) in enumerate(runs)], soup=sorted(chosen))
 
 
 def _progress(enabled: bool):
