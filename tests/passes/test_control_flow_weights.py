@@ -80,3 +80,16 @@ def test_control_flow_weights_must_be_a_flag():
 
     with pytest.raises(ConfigError, match="control_flow_weights"):
         make_pass("quantize.int8", {"control_flow_weights": "yes"})
+
+
+def test_the_optimizer_offers_it_and_a_size_goal_takes_it(tmp_path):
+    """The candidate exists only for models with such weights; it is the smallest int8 file here."""
+    model, _ = _if_model()
+    x = np.random.default_rng(1).standard_normal((120, 16)).astype(np.float32)
+    result = edgeopt.optimize(model, data=x, metric="deviation", max_drop=1.0, goal="size", techniques="int8",
+                              splits="calib=0:60,eval=60:", progress=False, bench_rounds=1, bench_iterations=20,
+                              calibration_samples=32)
+    names = {c.name: c for c in result.candidates}
+    assert "int8-control-flow-weights" in names
+    assert result.best.name == "int8-control-flow-weights"
+    assert result.best.model.size_bytes < names["int8-minmax"].model.size_bytes
