@@ -15,7 +15,7 @@ Latency: ``edgeopt.bench.benchmark`` (fresh processes, rounds interleaved across
 else ONNX Runtime ``quantize_static`` (QDQ, U8 activations, S8 per-channel weights), calibrated on
 tuning rows.
 
-    python benchmarks/prune_dscnn.py [--ratio 0.2] [--steps 2] [--epochs 10] [--split issue|random] [--json out.json]
+    python benchmarks/prune_dscnn.py [--ratio 0.2] [--steps 2] [--epochs 20] [--seed 0] [--restarts 1] [--split issue|random|dev] [--json out.json]
 """
 
 from __future__ import annotations
