@@ -348,7 +348,7 @@ def _score(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray
 
 def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = FineTune(), seed: int = 0,
               callbacks: Callbacks | None = None, trainable=None, report: Callable[[str, float], None] | None = None,
-              extra_inputs: np.ndarray | None = None, _restart: int = 0) -> FineTuneReport:
+              extra_inputs: np.ndarray | None = None, _restart: int | None = None) -> FineTuneReport:
     """Fine-tune ``module`` in place on ``train`` (an :class:`edgeopt.data.Dataset`), distilling from ``teacher``.
 
     ``tune`` is the early-stopping split; without one, a seeded random ``config.holdout`` share of
@@ -411,11 +411,12 @@ def fine_tune(module, train, *, tune=None, teacher=None, config: FineTune = Fine
     threads_before = torch.get_num_threads()
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
-    torch.manual_seed(seed + 7919 * _restart)
+    torch.manual_seed(seed + 7919 * (_restart or 0))
     torch.use_deterministic_algorithms(True, warn_only=True)
     noise_scale = 0.02 * float(x_all.std()) if kind != "none" else 0.0
     params = [p for p in (trainable if trainable is not None else module.parameters()) if p.requires_grad]
-    result = FineTuneReport(holdout=(x_tune, y_tune, t_tune) if x_tune is not None else None)
+    # a soup's run (_restart set) hands its held-out rows back to judge the soup on
+    result = FineTuneReport(holdout=(x_tune, y_tune, t_tune) if _restart is not None and x_tune is not None else None)
     try:
         if config.epochs == 0 or not params:
             return result
