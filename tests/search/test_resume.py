@@ -44,7 +44,11 @@ def test_kill_9_mid_trial_then_resume_keeps_finished_trials(tmp_path):
             except (KeyError, Exception):   # study not created yet
                 continue
             finished = [t for t in trials.values() if t.state.is_finished()]
-            running = [t for t in trials.values() if t.state.name == "RUNNING" and "recipe" in t.user_attrs]
+            # a trial about to run the (2 s slower) pruning pass: its continuous threshold makes it no
+            # duplicate, which would complete at once (an empty or int8-only recipe can repeat, and
+            # once completed between this look and the kill: the test then saw COMPLETE, not RUNNING)
+            running = [t for t in trials.values() if t.state.name == "RUNNING" and "duplicate_of" not in t.user_attrs
+                       and any(step["pass"] == "prune.threshold" for step in t.user_attrs.get("recipe", {}).get("steps", []))]
             if len(finished) >= 2 and running:
                 os.kill(proc.pid, signal.SIGKILL)   # mid-evaluation: the recipe is set, figures are not
                 killed_during = running[0].number
