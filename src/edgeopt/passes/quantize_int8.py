@@ -249,6 +249,7 @@ class QuantizeInt8(Pass):
         excluded = set(self.exclude_nodes)
         if all(n in excluded for n in candidates):
             raise ConfigError("quantize.int8: exclude_nodes keeps every weighted layer in float; nothing would be quantized")
+        x, rows = calibration.calibration_rows(ctx.calib, self.samples)
         sensitive = []
         if self.float_layers:
             left = [n for n in candidates if n not in excluded]
@@ -258,8 +259,7 @@ class QuantizeInt8(Pass):
             from ..quant.sensitivity import most_sensitive
 
             ctx.report(f"int8: ranking {len(left)} layers by sensitivity", 0.05)
-            x_rank, _ = calibration.calibration_rows(ctx.calib, self.samples)
-            sensitive = most_sensitive(model, ctx, count=self.float_layers, x=x_rank, candidates=left,
+            sensitive = most_sensitive(model, ctx, count=self.float_layers, x=x, candidates=left,
                                        output=ctx.options.get("output", 0), samples=self.samples,
                                        calibration=self.calibration, percentile=self.percentile,
                                        per_channel=self.per_channel, activations=self.activations, ops=self.ops)
@@ -277,7 +277,6 @@ class QuantizeInt8(Pass):
             # a MatMul of two activations (attention scores) has no weight: it stays float too
             unweighted = [n.name for n in proto.graph.node if n.op_type in op_types and n.name not in weighted]
         act = resolve_activations(self.activations, ctx.target)
-        x, rows = calibration.calibration_rows(ctx.calib, self.samples)
         reader = calibration.reader_for(model, x)
         extra = {"CalibPercentile": float(self.percentile), "CalibMovingAverage": False}
         cache = calibration.cache_path(ctx.options.get("calibration_cache_dir"), model.onnx_bytes, x,

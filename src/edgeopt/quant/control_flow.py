@@ -23,23 +23,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def _nested_uses(graph) -> set[str]:
-    """Every tensor name read by a node inside the bodies of ``graph``'s nodes (any depth)."""
-    used: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
-            for body in bodies:
-                for inner in body.node:
-                    used.update(inner.input)
-                used |= _nested_uses(body)
-    return used
-
-
 def _bodies(graph):
+    """The graphs held by ``graph``'s nodes (If branches, Loop/Scan bodies), one level down."""
     for node in graph.node:
         for attr in node.attribute:
             yield from ([attr.g] if attr.HasField("g") else list(attr.graphs))
+
+
+def _nested_uses(graph) -> set[str]:
+    """Every tensor name read by a node inside the bodies of ``graph``'s nodes (any depth)."""
+    used: set[str] = set()
+    for body in _bodies(graph):
+        for inner in body.node:
+            used.update(inner.input)
+        used |= _nested_uses(body)
+    return used
 
 
 def _store_int8(graph, init) -> None:

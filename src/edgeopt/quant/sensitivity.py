@@ -60,16 +60,16 @@ def most_sensitive(model, ctx, *, count: int, x, candidates: list[str], output: 
 
     from ..errors import ConfigError
 
-    reference = model.predict(x, outputs=[output])[0]
-    if not isinstance(reference, np.ndarray):
-        raise ConfigError("quantize.int8: float_layers ranks layers by the SQNR of one output with an entry per "
-                          f"sample; output {output!r} has none (e.g. boxes after NMS); use exclude_nodes instead")
     h = hashlib.sha256(model.onnx_bytes)
     for v in (x.values() if isinstance(x, dict) else [x]):
         h.update(np.ascontiguousarray(v).tobytes())
     h.update(repr((sorted(settings.items()), sorted(candidates), output)).encode())
     key = h.hexdigest()
     if key not in _RANKINGS:
+        reference = model.predict(x, outputs=[output])[0]
+        if not isinstance(reference, np.ndarray):
+            raise ConfigError("quantize.int8: float_layers ranks layers by the SQNR of one output with an entry per "
+                              f"sample; output {output!r} has none (e.g. boxes after NMS); use exclude_nodes instead")
         with tempfile.TemporaryDirectory(prefix="edgeopt-sens-") as tmp:
             probe_ctx = dataclasses.replace(ctx, options={**ctx.options,
                                                           "calibration_cache_dir": ctx.options.get("calibration_cache_dir") or tmp})
