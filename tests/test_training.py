@@ -116,17 +116,36 @@ def test_small_weights_get_a_capped_learning_rate():
 
 
 def test_synthesized_rows_reach_classes_missing_from_their_source(dscnn, kws_data):
-    """Rows of 5 words only, pushed up the teacher's gradients, cover (nearly) every class of the teacher."""
+    """Rows of 5 words only, pushed up the teacher's gradients toward uniform targets, cover (nearly)
+    every class of the teacher."""
     from edgeopt.torch_twin import to_torch
     from edgeopt.training import synthesize_for_classes
 
     source = kws_data.x[kws_data.y < 5][::10]
     teacher = to_torch(dscnn)
-    rows = synthesize_for_classes(teacher, source, 240, np.random.default_rng(0))
+    rows = synthesize_for_classes(teacher, source, 240, np.random.default_rng(0), balance=False)
     assert rows.shape == (240,) + source.shape[1:] and np.isfinite(rows).all()
     classes = dscnn.predict(rows)[0].argmax(1)  # judged by the ONNX original, not the twin that made them
     assert len(np.unique(classes)) >= 10, np.bincount(classes, minlength=12)
     assert np.mean(classes >= 5) > 0.4  # most targets are classes the source rows never showed
+
+
+def test_balanced_synthesis_fills_the_classes_its_source_lacks(dscnn, kws_data):
+    """The source rows already cover words 0-4 (about as many rows as an even share of rows plus
+    synthetic rows), so balanced targets go to the 7 other classes; uniform targets spend 5/12 of
+    the rows on classes the source has."""
+    from edgeopt.torch_twin import to_torch
+    from edgeopt.training import synthesize_for_classes
+
+    source = kws_data.x[kws_data.y < 5][::10]
+    teacher = to_torch(dscnn)
+    judged = {}
+    for balance in (True, False):
+        rows = synthesize_for_classes(teacher, source, 240, np.random.default_rng(0), balance=balance)
+        judged[balance] = dscnn.predict(rows)[0].argmax(1)
+    missing = {balance: float(np.mean(classes >= 5)) for balance, classes in judged.items()}
+    assert missing[True] > 0.75 and missing[True] > missing[False] + 0.15, missing
+    assert len(np.unique(judged[True][judged[True] >= 5])) == 7  # every missing class, not one of them
 
 
 def test_teacher_mix_keeps_shape_and_leaves_the_source_rows(kws_data):

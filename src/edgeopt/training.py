@@ -238,15 +238,21 @@ def teacher_mix(x: np.ndarray, rng: np.random.Generator, *, noise_scale: float, 
 
 
 def synthesize_for_classes(teacher, x: np.ndarray, count: int, rng: np.random.Generator, *, steps: int = 30,
-                           step_scale: float = 0.05, confidence: float = 0.6, batch_size: int = 256) -> np.ndarray:
+                           step_scale: float = 0.05, confidence: float = 0.6, batch_size: int = 256,
+                           balance: bool = True) -> np.ndarray:
     """Inputs the teacher assigns to every class, grown from the given (possibly class-skewed) rows.
 
     Distillation only teaches the student what the teacher does on the inputs it is shown. When the
     tuning data holds a few of the classes, the student never sees the teacher's behaviour near the
     others and forgets them. Each synthetic row starts from a :func:`teacher_mix`-augmented row and
     takes signed-gradient steps (``step_scale`` times each feature's standard deviation, at most
-    ``steps``) up the teacher's log-probability of a target class, drawn uniformly over all classes,
-    until the teacher gives it ``confidence``. A data-free-distillation idea (DeepInversion, Yin et al.
+    ``steps``) up the teacher's log-probability of a target class until the teacher gives it
+    ``confidence``. With ``balance`` (the default) the targets fill the classes the given rows lack:
+    each class gets a share of ``count`` in proportion to how far the teacher's predictions on ``x``
+    fall short of an even split of ``len(x) + count`` rows, so rows plus synthetic rows cover the
+    classes about evenly (DS-CNN recovered on 8 of 12 words, 31% fewer MACs, seed 1: 1.65 pt drop on
+    the other words with uniform targets, 0.90 pt balanced; benchmarks/prune_dscnn.py). Without it,
+    targets are uniform over all classes. A data-free-distillation idea (DeepInversion, Yin et al.
     2020) in its cheapest form: the rows stay near real inputs instead of being generated from noise.
     Returns ``count`` rows for teacher-only distillation (no hard labels).
     """
@@ -260,6 +266,14 @@ def synthesize_for_classes(teacher, x: np.ndarray, count: int, rng: np.random.Ge
     with torch.no_grad():
         classes = teacher(torch.from_numpy(np.ascontiguousarray(start[:2]))).shape[-1]
     targets = rng.integers(0, classes, count)
+    if balance:
+        with torch.no_grad():
+            predicted = np.concatenate([
+                log_probabilities(teacher(torch.from_numpy(np.ascontiguousarray(x[b:b + batch_size], dtype=np.float32))))
+                .argmax(1).numpy() for b in range(0, len(x), batch_size)])
+        shortfall = np.maximum((len(x) + count) / classes - np.bincount(predicted, minlength=classes), 0.0)
+        if shortfall.sum() > 0:  # (otherwise every class already has its even share: uniform targets)
+            targets = rng.choice(classes, count, p=shortfall / shortfall.sum())
     out = []
     for begin in range(0, count, batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(start[begin:begin + batch_size]))
