@@ -84,6 +84,8 @@ def main() -> None:
                              "rows only, tune on words 0-4 (rows 0-2026), judge on words 5-7 (rows 2027-2889), for "
                              "choosing settings without looking at the evaluation rows")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--save", type=Path, help="folder to write the four models to (to benchmark them again, "
+                                                  "e.g. with `edgeopt bench`, when the machine is quiet)")
     args = parser.parse_args()
 
     import torch
@@ -143,6 +145,10 @@ def main() -> None:
         original_int8 = make_pass("quantize.int8", {})(original, PassContext(calib=Dataset(calib), seed=args.seed)).model
     original_int8_eval = evaluate(original_int8)
 
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for name, h in [("fp32", original), ("pruned", pruned.model), ("int8", original_int8), ("pruned_int8", int8)]:
+            h.save(args.save / f"{name}.onnx")
     macs = {name: edgeopt.profile(h).macs for name, h in
             [("fp32", original), ("pruned", pruned.model), ("int8", original_int8), ("pruned_int8", int8)]}
     report = benchmark([original, pruned.model, original_int8, int8], threads=1, rounds=args.rounds,
