@@ -513,6 +513,14 @@ def optimize(
                 # ...or keep it int8 but widened to 4 channels, where ORT's fast symmetric int8 kernel applies
                 build("int8-padded-first-layer", "int8",
                       [*prep, make_pass("quantize.int8", {**int8_default, "pad_channels": True})])
+                # ...or, when it is strided, rewritten exactly as SpaceToDepth + a stride-1 conv on 4+ channels
+                # (same MACs, fast kernel; DS-CNN on a Zen 4 CPU: 0.74x fp32 and 0.29x the file, against
+                # 0.77x / 0.36x with the layer float). QOperator: the smaller file, measured no slower.
+                from .quant.space_to_depth import space_to_depth_thin_convs
+
+                if space_to_depth_thin_convs(folded_handle.proto()):
+                    build("int8-space-to-depth-first-layer", "int8",
+                          [*prep, make_pass("quantize.int8", {**int8_default, "space_to_depth": True, "format": "qoperator"})])
                 bar.done()
 
         # -- per-layer sensitivity and mixed precision ----------------------------------------------

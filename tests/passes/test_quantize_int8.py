@@ -27,7 +27,7 @@ class TestQuantizeInt8(PassContract):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
                 {"exclude_nodes": "conv1"}, {"percentile": 120}, {"pad_channels": "yes"},
                 {"format": "qoperator", "bias_correction": True}, {"format": "qoperator", "pad_channels": True},
-                {"ops": "activations"}, {"float_layers": -1}]
+                {"ops": "activations"}, {"float_layers": -1}, {"space_to_depth": "yes"}]
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +307,40 @@ def test_float_layers_that_would_leave_nothing_int8_is_a_config_error():
     for bad in (-1, 1.5, True, "two"):
         with pytest.raises(ConfigError, match="float_layers"):
             make_pass("quantize.int8", {"float_layers": bad})
+
+
+def test_space_to_depth_runs_the_one_channel_first_layer_on_the_fast_kernel(dscnn, kws_data, tmp_path):
+    """DS-CNN's 1-channel 10x4 stride-2 conv becomes SpaceToDepth + a 4-channel 5x2 conv before
+    quantization. The int8 arithmetic is the same (the input is only moved; the per-channel weights
+    are the same values plus zeros), so in QDQ form it predicts exactly what plain int8 does; ORT
+    fuses every conv, the first one now on 4 channels, and the file stores no more weights."""
+    from onnx import numpy_helper
+
+    ctx = kws_ctx(kws_data, 32)
+    folded = make_pass("fold")(dscnn, ctx).model
+    rows = kws_data.x[1000:1400]
+    for fmt in ("qdq", "qoperator"):
+        plain = make_pass("quantize.int8", {"samples": 32, "format": fmt})(folded, ctx).model
+        s2d = make_pass("quantize.int8", {"samples": 32, "format": fmt, "space_to_depth": True})(folded, ctx)
+        assert len(s2d.stats["space_to_depth_layers"]) == 1
+        a, b = plain.predict(rows)[0], s2d.model.predict(rows)[0]
+        if fmt == "qdq":
+            np.testing.assert_array_equal(a, b)
+        else:  # QOperator requantizes the moved input once more: at most one output step apart
+            assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99 and np.abs(a - b).max() <= 1 / 128
+        optimized = _ort_optimized(s2d.model.onnx_bytes, tmp_path)
+        convs = [n for n in optimized.graph.node if n.op_type == "QLinearConv"]
+        inits = {i.name: i for i in optimized.graph.initializer}
+        assert len(convs) == 9 and "SpaceToDepth" in [n.op_type for n in optimized.graph.node]
+        assert numpy_helper.to_array(inits[convs[0].input[3]]).shape == (64, 4, 5, 2)
+        assert s2d.model.size_bytes < plain.size_bytes + 512  # 10x4 -> 4x5x2: as many weights
+
+
+def test_space_to_depth_is_recorded_and_replays_to_the_same_bytes(dscnn, kws_data):
+    from edgeopt.passes.base import make_pass as mp
+
+    ctx = kws_ctx(kws_data, 16)
+    first = mp("quantize.int8", {"samples": 16, "space_to_depth": True})(dscnn, ctx).model
+    record = first.history[-1]
+    again = mp(record.name, record.params)(dscnn, ctx).model
+    assert record.params["space_to_depth"] is True and again.onnx_bytes == first.onnx_bytes
