@@ -518,7 +518,7 @@ def optimize(
                 # 0.77x / 0.36x with the layer float). QOperator: the smaller file, measured no slower.
                 from .quant.space_to_depth import space_to_depth_thin_convs
 
-                if space_to_depth_thin_convs(folded_handle.proto()):
+                if space_to_depth_thin_convs(proto):  # (edits this copy, which nothing reads after)
                     build("int8-space-to-depth-first-layer", "int8",
                           [*prep, make_pass("quantize.int8", {**int8_default, "space_to_depth": True, "format": "qoperator"})])
                 bar.done()
