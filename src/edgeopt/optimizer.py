@@ -513,14 +513,22 @@ def optimize(
                 # ...or keep it int8 but widened to 4 channels, where ORT's fast symmetric int8 kernel applies
                 build("int8-padded-first-layer", "int8",
                       [*prep, make_pass("quantize.int8", {**int8_default, "pad_channels": True})])
-                # ...or, when it is strided, rewritten exactly as SpaceToDepth + a stride-1 conv on 4+ channels
-                # (same MACs, fast kernel; DS-CNN on a Zen 4 CPU: 0.74x fp32 and 0.29x the file, against
-                # 0.77x / 0.36x with the layer float). QOperator: the smaller file, measured no slower.
-                from .quant.space_to_depth import space_to_depth_thin_convs
+                # ...or rewritten exactly as a conv on 4+ channels: when strided, SpaceToDepth + a stride-1
+                # conv (same MACs; DS-CNN on a Zen 4 CPU: 0.74x fp32 and 0.29x the file, against 0.77x /
+                # 0.36x with the layer float); at any stride, the rows' pixels packed into channels by free
+                # channels-last Reshapes (more MACs; ResNet-8's RGB stem on Zen 4: 0.49x against 0.51x
+                # padded). QOperator: the smaller file, measured no slower.
+                from .quant.pack_width import pack_width_plan
+                from .quant.space_to_depth import space_to_depth_plan
+                from .quant.thin_convs import thin_convs
 
-                if space_to_depth_thin_convs(proto):  # (edits this copy, which nothing reads after)
+                rewritable = thin_convs(proto)
+                if any(space_to_depth_plan(t) for t in rewritable):
                     build("int8-space-to-depth-first-layer", "int8",
                           [*prep, make_pass("quantize.int8", {**int8_default, "space_to_depth": True, "format": "qoperator"})])
+                if any(pack_width_plan(t) for t in rewritable):
+                    build("int8-packed-first-layer", "int8",
+                          [*prep, make_pass("quantize.int8", {**int8_default, "pack_width": True, "format": "qoperator"})])
                 bar.done()
 
         # -- per-layer sensitivity and mixed precision ----------------------------------------------

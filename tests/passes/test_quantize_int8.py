@@ -27,7 +27,7 @@ class TestQuantizeInt8(PassContract):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
                 {"exclude_nodes": "conv1"}, {"percentile": 120}, {"pad_channels": "yes"},
                 {"format": "qoperator", "bias_correction": True}, {"format": "qoperator", "pad_channels": True},
-                {"ops": "activations"}, {"float_layers": -1}, {"space_to_depth": "yes"}]
+                {"ops": "activations"}, {"float_layers": -1}, {"space_to_depth": "yes"}, {"pack_width": 1}]
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +344,39 @@ def test_space_to_depth_is_recorded_and_replays_to_the_same_bytes(dscnn, kws_dat
     record = first.history[-1]
     again = mp(record.name, record.params)(dscnn, ctx).model
     assert record.params["space_to_depth"] is True and again.onnx_bytes == first.onnx_bytes
+
+
+def test_pack_width_runs_the_rgb_stem_on_the_fast_kernel(resnet8, cifar, tmp_path):
+    """ResNet-8's stride-1 3x3 RGB conv becomes a 4-channel conv over the rows packed 4 values to a
+    channel, with 4 output pixels per position (64 = 4 x 16 output channels). Exact in float, so int8
+    differs from plain int8 only by the calibration ranges' float rounding; ORT runs it on the fast
+    kernel and cancels every Transpose the rewrite added (the graph's input is channels-last)."""
+    from onnx import numpy_helper
+
+    from edgeopt.data import fit_to_model
+    from edgeopt.passes import PassContext
+
+    data = fit_to_model(cifar, resnet8)
+    calib = data.take(0, 32, name="cifar:calib")
+    ctx = PassContext(calib=calib, tune=calib, seed=0)
+    folded = make_pass("fold")(resnet8, ctx).model
+    rows = data.take(500, 800)
+    plain = make_pass("quantize.int8", {"samples": 32})(folded, ctx).model
+    plain_ops = [n.op_type for n in _ort_optimized(plain.onnx_bytes, tmp_path).graph.node]
+    for fmt in ("qdq", "qoperator"):
+        packed = make_pass("quantize.int8", {"samples": 32, "format": fmt, "pack_width": True})(folded, ctx)
+        assert packed.stats["pack_width_layers"] == ["model/conv2d/BiasAdd"]
+        a, b = plain.predict(rows.x)[0], packed.model.predict(rows.x)[0]
+        assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.98
+        assert np.mean(b.argmax(1) == rows.y) >= np.mean(a.argmax(1) == rows.y) - 0.01
+        optimized = _ort_optimized(packed.model.onnx_bytes, tmp_path)
+        ops = [n.op_type for n in optimized.graph.node]
+        convs = [n for n in optimized.graph.node if n.op_type == "QLinearConv"]
+        inits = {i.name: i for i in optimized.graph.initializer}
+        assert len(convs) == 9 and ops.count("Transpose") <= plain_ops.count("Transpose")
+        assert numpy_helper.to_array(inits[convs[0].input[3]]).shape == (64, 4, 3, 5)
+        # 432 stem weights -> 3,840 (mostly zeros) and a few layout nodes: still within issue 4's 0.30x
+        assert packed.model.size_bytes < min(plain.size_bytes + 5000, 0.30 * resnet8.size_bytes)
+    record = packed.model.history[-1]
+    again = make_pass(record.name, record.params)(folded, ctx).model
+    assert record.params["pack_width"] is True and again.onnx_bytes == packed.model.onnx_bytes

@@ -17,7 +17,9 @@ with zero weights, so ONNX Runtime runs it with its fast symmetric int8 kernel i
 generic GEMM (see :mod:`edgeopt.quant.pad_channels`; outputs are
 bit-identical). ``space_to_depth`` rewrites such a layer, when it has a stride >= 2, as SpaceToDepth +
 a stride-1 conv on 4+ channels before quantizing: the fast kernel with no extra MACs (see
-:mod:`edgeopt.quant.space_to_depth`; exact in float). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
+:mod:`edgeopt.quant.space_to_depth`; exact in float). ``pack_width`` rewrites it (any stride) as a
+conv over the input rows' pixels packed 4 values to a channel, via free channels-last Reshapes: the
+fast kernel at some extra MACs (see :mod:`edgeopt.quant.pack_width`; exact in float). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class QuantizeInt8(Pass):
         bias_correction: bool = False,
         pad_channels: bool = False,
         space_to_depth: bool = False,
+        pack_width: bool = False,
         float_masks: bool = True,
         ops: str = "all",
         float_layers: int = 0,
@@ -180,6 +183,7 @@ class QuantizeInt8(Pass):
         self.bias_correction = bias_correction
         self.pad_channels = pad_channels
         self.space_to_depth = space_to_depth
+        self.pack_width = pack_width
         self.float_masks = float_masks
         self.ops = ops
         self.float_layers = float_layers
@@ -231,7 +235,8 @@ class QuantizeInt8(Pass):
                               f"sensitive weighted layers stay float); got {self.float_layers!r}")
         if self.ops not in OPS_MODES:
             raise ConfigError(f"quantize.int8: parameter 'ops' must be one of {list(OPS_MODES)}; got {self.ops!r}")
-        for flag in ("per_channel", "compact", "bias_correction", "pad_channels", "space_to_depth", "control_flow_weights"):
+        for flag in ("per_channel", "compact", "bias_correction", "pad_channels", "space_to_depth", "pack_width",
+                     "control_flow_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"quantize.int8: parameter {flag!r} must be true or false; got {getattr(self, flag)!r}")
 
@@ -246,6 +251,11 @@ class QuantizeInt8(Pass):
             from ..quant.space_to_depth import space_to_depth_thin_convs
 
             rewritten = space_to_depth_thin_convs(proto)  # (model.proto() is a fresh copy)
+        packed = []
+        if self.pack_width:  # after space_to_depth: a conv that one rewrote has 4+ channels, the other skips it
+            from ..quant.pack_width import pack_width_thin_convs
+
+            packed = pack_width_thin_convs(proto)
         candidates = quantizable_nodes(proto)
         if not candidates:
             raise UnsupportedModelError(
@@ -293,7 +303,8 @@ class QuantizeInt8(Pass):
                                        # "weighted" calibrates only the weighted layers' inputs: its own cache entry
                                        **({"ops": self.ops} if self.ops != "all" else {}),
                                        # the rewritten graph has tensors the plain one lacks: its own entry
-                                       **({"space_to_depth": True} if rewritten else {}))
+                                       **({"space_to_depth": True} if rewritten else {}),
+                                       **({"pack_width": True} if packed else {}))
         ctx.report(f"int8: calibrating on {calibration.sample_count(x)} rows ({self.calibration})", 0.1)
         from ..quant import quiet
 
@@ -317,6 +328,7 @@ class QuantizeInt8(Pass):
                  "quantized_layers": [n for n in candidates if n not in excluded],
                  "float_layers": [n for n in candidates if n in excluded], "float_mask_nodes": masks,
                  "ops": self.ops, **({"space_to_depth_layers": rewritten} if self.space_to_depth else {}),
+                 **({"pack_width_layers": packed} if self.pack_width else {}),
                  **({"quantized_tables": tables} if self.ops == "weighted" else {}),
                  **({"most_sensitive": [{"layer": r["layer"], "sqnr_db": r["sqnr_db"]} for r in sensitive]} if sensitive else {})}
         if self.control_flow_weights:

@@ -27,32 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ALIGN = 4
-
-
-def _attr(node, name, default):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _static_hw(proto) -> dict[str, tuple[int, int]]:
-    """Known (height, width) of every 4-D tensor ONNX shape inference can size."""
-    from onnx import shape_inference
-
-    try:
-        inferred = shape_inference.infer_shapes(proto)
-    except Exception:  # an inference failure only means nothing is rewritten
-        return {}
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) == 4 and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[2:]):
-            out[vi.name] = (dims[2].dim_value, dims[3].dim_value)
-    return out
+from .thin_convs import ALIGN, ThinConv, replace_conv, thin_convs
 
 
 def space_to_depth_weight(w: np.ndarray, stride: int) -> np.ndarray:
@@ -68,60 +43,50 @@ def space_to_depth_weight(w: np.ndarray, stride: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(o, c, kh2, s, kw2, s).transpose(0, 3, 5, 1, 2, 4).reshape(o, s * s * c, kh2, kw2))
 
 
+def space_to_depth_plan(conv: ThinConv, align: int = ALIGN) -> tuple[int, int] | None:
+    """(rows, columns) of zero padding to add below / right of the conv's own, or None when the
+    rewrite does not apply: equal strides s >= 2 with C*s*s a multiple of ``align``, and no input
+    row or column the conv ignores (that would need a crop)."""
+    s = conv.strides[0]
+    _, c, kh, kw = conv.weight.shape
+    if conv.strides[1] != s or s < 2 or (c * s * s) % align:
+        return None
+    pt, pl, pb, pr = conv.pads
+    out_h = (conv.height + pt + pb - kh) // s + 1
+    out_w = (conv.width + pl + pr - kw) // s + 1
+    if out_h < 1 or out_w < 1:
+        return None
+    kh2, kw2 = -(-kh // s), -(-kw // s)
+    # whole blocks covering every input row/column an output reads; rows past the conv's own
+    # bottom/right padding meet only the zero weights added above kh/kw
+    pad_bottom = s * (out_h + kh2 - 1) - conv.height - pt
+    pad_right = s * (out_w + kw2 - 1) - conv.width - pl
+    if pad_bottom < 0 or pad_right < 0:
+        return None
+    return pad_bottom, pad_right
+
+
 def space_to_depth_thin_convs(proto, align: int = ALIGN) -> list[str]:
     """Edit the float ``proto`` in place; returns the names of the Convs that were rewritten.
 
-    A Conv is rewritten when its weight is a 4-D initializer with fewer than ``align`` input
-    channels, group 1, equal strides s >= 2 on both axes with C*s*s a multiple of ``align``,
-    dilations 1, explicit pads (no ``auto_pad``), and its input's height and width are known.
+    A Conv is rewritten when it is thin (:func:`edgeopt.quant.thin_convs.thin_convs`: a constant
+    4-D weight with fewer than ``align`` input channels, group 1, dilations 1, explicit pads, the
+    input's height and width known) and :func:`space_to_depth_plan` applies.
     """
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    hw = None
     done = []
-    for conv in list(graph.node):
-        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in inits:
+    for thin in thin_convs(proto, align):
+        plan = space_to_depth_plan(thin, align)
+        if plan is None:
             continue
-        w_init = inits[conv.input[1]]
-        if len(w_init.dims) != 4 or not 0 < w_init.dims[1] < align or _attr(conv, "group", 1) != 1:
-            continue
-        strides = list(_attr(conv, "strides", [1, 1]))
-        s = strides[0]
-        if len(strides) != 2 or strides[1] != s or s < 2 or (w_init.dims[1] * s * s) % align:
-            continue
-        if any(d != 1 for d in _attr(conv, "dilations", [1, 1])):
-            continue
-        auto_pad = _attr(conv, "auto_pad", b"NOTSET")
-        if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET":
-            continue
-        if hw is None:
-            hw = _static_hw(proto)
-        if conv.input[0] not in hw:
-            continue
-        height, width = hw[conv.input[0]]
-        w = numpy_helper.to_array(w_init)
-        _, _, kh, kw = w.shape
-        pt, pl, pb, pr = list(_attr(conv, "pads", [0, 0, 0, 0]))
-        out_h = (height + pt + pb - kh) // s + 1
-        out_w = (width + pl + pr - kw) // s + 1
-        if out_h < 1 or out_w < 1:
-            continue
-        kh2, kw2 = -(-kh // s), -(-kw // s)
-        # whole blocks covering every input row/column an output reads; rows past the conv's own
-        # bottom/right padding meet only the zero weights added above kh/kw
-        rows, cols = s * (out_h + kh2 - 1), s * (out_w + kw2 - 1)
-        pad_bottom, pad_right = rows - height - pt, cols - width - pl
-        if pad_bottom < 0 or pad_right < 0:  # the conv ignores trailing input rows: crop, not handled
-            continue
-        tag = f"{conv.name or conv.output[0]}/space_to_depth"
-        new_w = numpy_helper.from_array(space_to_depth_weight(w, s), f"{tag}/weight")
-        graph.initializer.append(new_w)
+        pad_bottom, pad_right = plan
+        conv, s = thin.node, thin.strides[0]
+        pt, pl, _, _ = thin.pads
+        tag = f"{thin.name}/space_to_depth"
+        new_w = space_to_depth_weight(thin.weight, s)
+        graph.initializer.append(numpy_helper.from_array(new_w, f"{tag}/weight"))
         nodes = []
         source = conv.input[0]
         if any((pt, pl, pad_bottom, pad_right)):
@@ -130,17 +95,9 @@ def space_to_depth_thin_convs(proto, align: int = ALIGN) -> list[str]:
             nodes.append(helper.make_node("Pad", [source, f"{tag}/pads"], [f"{tag}/padded"], name=f"{tag}/pad", mode="constant"))
             source = f"{tag}/padded"
         nodes.append(helper.make_node("SpaceToDepth", [source], [f"{tag}/blocks"], name=f"{tag}/blocks", blocksize=s))
-        nodes.append(helper.make_node("Conv", [f"{tag}/blocks", new_w.name, *conv.input[2:]], list(conv.output),
-                                      name=conv.name, kernel_shape=[kh2, kw2], strides=[1, 1], pads=[0, 0, 0, 0],
+        nodes.append(helper.make_node("Conv", [f"{tag}/blocks", f"{tag}/weight", *conv.input[2:]], list(conv.output),
+                                      name=conv.name, kernel_shape=list(new_w.shape[2:]), strides=[1, 1], pads=[0, 0, 0, 0],
                                       dilations=[1, 1], group=1))
-        position = list(graph.node).index(conv)
-        graph.node.remove(conv)
-        for offset, node in enumerate(nodes):
-            graph.node.insert(position + offset, node)
-        users[w_init.name] -= 1
-        if users[w_init.name] == 0:
-            graph.initializer.remove(w_init)
-        done.append(conv.name or conv.output[0])
-    if done:  # shape hints of the rewritten convs' neighbours stay right, but drop them all: ORT re-infers
-        del graph.value_info[:]
+        replace_conv(proto, conv, nodes)
+        done.append(thin.name)
     return done
