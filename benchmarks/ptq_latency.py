@@ -50,6 +50,13 @@ def candidates(task: str):
              "int8 (U8S8 QDQ, per-channel)": make_pass("quantize.int8", q)(folded, ctx).model,
              "int8, first layer fp32": make_pass("quantize.int8", {**q, "exclude_nodes": thin})(folded, ctx).model,
              "int8, first layer padded to 4 ch": make_pass("quantize.int8", {**q, "pad_channels": True})(folded, ctx).model}
+    # the exact rewrites onto 4+ channels, where they apply (QOperator, as the optimizer builds them)
+    rewrites = make_pass("quantize.int8", {**q, "space_to_depth": True, "format": "qoperator"})(folded, ctx)
+    if rewrites.stats["space_to_depth_layers"]:
+        built["int8, first layer space-to-depth"] = rewrites.model
+    rewrites = make_pass("quantize.int8", {**q, "pack_width": True, "format": "qoperator"})(folded, ctx)
+    if rewrites.stats["pack_width_layers"]:
+        built["int8, first layer rows packed"] = rewrites.model
     return built, parts["eval"]
 
 

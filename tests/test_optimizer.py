@@ -210,3 +210,22 @@ def test_latency_ratio_pairs_rounds_so_one_lucky_baseline_round_does_not_decide(
                                 best_round_median_ms=0.359)
     assert candidate.best_round_median_ms / baseline.best_round_median_ms > 1.2  # best-round ratio: "slower"
     assert 0.8 < paired_latency_ratio(candidate, baseline) < 1.0  # faster in 7 of the 10 same-round pairs
+
+
+def test_confirmation_remeasures_every_candidate_screened_close_to_the_fastest():
+    """Top 3 by screening, plus any other within 15% of the fastest (at most 6): a graph that one noisy
+    screening run puts fourth, a few percent behind, still gets its longer second measurement."""
+    from types import SimpleNamespace
+
+    from edgeopt.optimizer import Candidate, _contenders
+
+    def cand(name, ratio, drop=0.0, size=1000):
+        return Candidate(name, "int8", model=SimpleNamespace(size_bytes=size), status="kept", latency_ratio=ratio,
+                         eval=SimpleNamespace(higher_is_better=True), drop_eval=SimpleNamespace(value=-drop))
+
+    pool = [cand("a", 0.80, size=900), cand("b", 0.78), cand("c", 0.79), cand("d", 0.84), cand("e", 0.95),
+            cand("f", 0.60, drop=0.02), cand("g", 0.85)]
+    assert [c.name for c in _contenders(pool, 0.005, "latency")] == ["b", "c", "a", "d", "g"]  # f is inaccurate
+    many = [cand(str(i), 0.70 + i / 1000) for i in range(10)]
+    assert len(_contenders(many, 0.005, "latency")) == 6
+    assert [c.name for c in _contenders(pool, 0.005, "size")] == ["a", "b", "c"]  # size goal: the 3 smallest
