@@ -209,3 +209,33 @@ def test_cli_table_and_errors(dscnn_path):
     bad = _cli(str(dscnn_path), "--threads", "0")
     assert bad.returncode == 1
     assert bad.stderr.strip() == "error: ConfigError: threads must be an integer >= 1; got 0"
+
+
+def test_compare_interleaved_structure_and_cycle_budget(dscnn_path, ad_path):
+    from edgeopt.bench import Interleaved, compare_interleaved
+
+    result = compare_interleaved([dscnn_path, ad_path], block=3, budget_s=0.001, min_cycles=4, max_cycles=50, warmup=1)
+    assert isinstance(result, Interleaved)
+    assert result.names == ("dscnn_kws12", "fc_autoencoder_ad01")
+    assert result.cycles == 4  # a budget too small for more still gets min_cycles
+    assert result.ratios[0] == 1.0 and result.ratio_iqr[0] == (1.0, 1.0)
+    low, high = result.ratio_iqr[1]
+    assert 0 < low <= result.ratios[1] <= high
+    assert all(ms > 0 for ms in result.median_ms)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["names"] == list(result.names) and data["cycles"] == 4 and "alternation" in data["method"]
+    capped = compare_interleaved([dscnn_path, dscnn_path], block=2, budget_s=60.0, min_cycles=2, max_cycles=5, warmup=1)
+    assert capped.cycles == 5 and capped.names[0] != capped.names[1]
+
+
+def test_compare_interleaved_names_the_model_that_fails_and_checks_settings(dscnn_path):
+    from edgeopt.bench import compare_interleaved
+
+    with pytest.raises(UnsupportedModelError, match="onnxruntime cannot load model 'broken_custom_op'"):
+        compare_interleaved([dscnn_path, _broken_model()], budget_s=0.01, min_cycles=1, warmup=1)
+    for kwargs, message in (({"block": 0}, "block must be an integer >= 1"), ({"budget_s": 0}, "budget_s must be a positive"),
+                            ({"precision": "bf16"}, "precision for runtime 'onnxruntime'")):
+        with pytest.raises(ConfigError, match=message):
+            compare_interleaved(dscnn_path, **kwargs)
+    with pytest.raises(ConfigError, match="at least one model"):
+        compare_interleaved([])

@@ -43,6 +43,8 @@ MIXED_STALL = 3
 MIXED_MIN_GAIN = 0.05
 # Relative latency difference treated as a tie when choosing (then the smaller model wins).
 LATENCY_TIE = 0.05
+# Seconds of alternating runs that decide the latency ratios (edgeopt.bench.compare_interleaved).
+INTERLEAVE_BUDGET_S = 8.0
 # Which accurate candidates the confirmation benchmark re-measures: the CONFIRM_TOP fastest, and any
 # other screened within CONFIRM_WITHIN of the fastest, at most CONFIRM_MAX. (A fixed top 3 once lost the
 # best DS-CNN graph: screened 5 rounds on a busy VM, it fell to fourth among candidates ~5% apart.)
@@ -604,9 +606,24 @@ def optimize(
                 c.size_ratio = c.model.size_bytes / base_size
             bar.done()
 
-            # -- confirm: the few fastest accurate candidates again, with twice the rounds -------------
-            # On a shared machine one screening run can rank two identical graphs 1.8x apart; a second,
-            # longer interleaved run of the contenders (and the baseline) decides, and its figures are reported.
+            # -- the ratios that decide: every model timed in alternation in one process ------------------
+            # Fresh-process rounds are seconds apart and this machine's speed drifts between them: one
+            # screening run ranked ResNet-8's two fastest graphs (4% apart) the wrong way round, and a
+            # confirmation run during a slow phase made every contender look slower than a candidate it
+            # did not re-measure. Blocks milliseconds apart in one worker give the same ratios run after run.
+            from .bench import compare_interleaved
+
+            bar.step(f"comparing {len(built) + 1} models in alternation")
+            inter = compare_interleaved([handle, *[c.model for c in built]], threads=1, inputs=bench_feeds,
+                                        budget_s=INTERLEAVE_BUDGET_S if not (quick or over_budget()) else 2.0)
+            for c, ratio, iqr in zip(built, inter.ratios[1:], inter.ratio_iqr[1:]):
+                c.bench = {**c.bench, "fresh_process_ratio": c.latency_ratio, "interleaved_ratio_iqr": list(iqr)}
+                c.latency_ratio = ratio
+            bench_info = {**bench_info, "interleaved": {"cycles": inter.cycles, "block": inter.block,
+                                                        "budget_s": inter.settings["budget_s"]}}
+            bar.done()
+
+            # -- confirm: the contenders' reported figures (ms, load time, memory) from a longer run ------
             contenders = _contenders(candidates, max_drop, goal)
             if contenders and not over_budget() and not quick:
                 bar.step(f"confirming {len(contenders)} fastest ({2 * bench_rounds} rounds)")
@@ -614,9 +631,10 @@ def optimize(
                                     iterations=bench_iterations, warmup=10, inputs=bench_feeds, progress=bar.update)
                 baseline.bench = {**_bench_dict(confirm.results[0]), "run": "confirmation"}
                 for c, r in zip(contenders, confirm.results[1:]):
-                    c.bench = {**_bench_dict(r), "run": "confirmation", "screening_latency_ratio": c.latency_ratio,
+                    c.bench = {**_bench_dict(r), "run": "confirmation",
+                               "interleaved_ratio_iqr": c.bench.get("interleaved_ratio_iqr"),
+                               "fresh_process_ratio": paired_latency_ratio(r, confirm.results[0]),
                                "best_round_ratio": _best_round_ratio(r, confirm.results[0])}
-                    c.latency_ratio = paired_latency_ratio(r, confirm.results[0])
                 bench_info = {**bench_info, "confirmation_rounds": 2 * bench_rounds,
                               "confirmed": [c.name for c in contenders]}
                 bar.done()
@@ -842,13 +860,15 @@ def _report_data(handle, source_path, baseline, candidates, best, sensitivity, s
                               f"agreement of the model outputs vs fp32 on up to {SENSITIVITY_ROWS} tuning rows; lower SQNR = more sensitive",
         "recipe": best.recipe.to_dict() if best is not None else None,
         "measurement": {
-            "latency": "edgeopt.bench.benchmark: every model in fresh processes, rounds interleaved across models, "
-                       "ONNX Runtime CPU provider, 1 thread, batch 1, input = first evaluation row; figure = median of "
-                       "the best round, spread = slowest/fastest round median; latency ratio = median over rounds of "
-                       "(candidate round median / baseline round median of the same round), best_round_ratio = ratio of "
-                       "best-round medians. Screening run: all candidates; confirmation run (twice the "
-                       "rounds): the baseline and the fastest accurate candidates, whose ratios (and the baseline's figures) come from it; "
-                       "every ratio is against the baseline measured in the same run",
+            "latency": "ONNX Runtime CPU provider, 1 thread, batch 1, input = first evaluation row. latency_ratio (what "
+                       "decides) = edgeopt.bench.compare_interleaved: the baseline and every candidate loaded in one fresh "
+                       "process and timed in alternation, blocks of runs milliseconds apart; ratio = median over cycles of "
+                       "(candidate block median / baseline block median of the same cycle), bench.interleaved_ratio_iqr = "
+                       "25th-75th percentiles of those. Figures in ms, load time and memory = edgeopt.bench.benchmark: "
+                       "every model in fresh processes, rounds interleaved across models; figure = median of the best "
+                       "round, spread = slowest/fastest round median; bench.fresh_process_ratio = median over rounds of "
+                       "same-round ratios, best_round_ratio = ratio of best-round medians. Screening run: all candidates; "
+                       "confirmation run (twice the rounds): the baseline and the fastest accurate candidates",
             "bench_settings": bench_info,
             "size": "bytes of the serialized ONNX file (baseline: the input file on disk)",
             "metric": f"{spec.name} on the held-out eval rows {list(parts['eval'].rows)} (never used for calibration), "

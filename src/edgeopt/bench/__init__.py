@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, UnsupportedModelError
 
-__all__ = ["benchmark", "measure_inprocess", "runtimes", "BenchResult", "BenchReport"]
+__all__ = ["benchmark", "compare_interleaved", "measure_inprocess", "runtimes", "BenchResult", "BenchReport", "Interleaved"]
 
 # A worker that neither finishes nor fails in this time is stuck (a deadlocked runtime); give up on it.
 WORKER_TIMEOUT_S = 900
@@ -287,7 +287,8 @@ def _short_message(text: str, limit: int = 400) -> str:
     return " ".join(useful)[:limit]
 
 
-def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: str, runtime: str) -> dict:
+def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: str, runtime: str,
+                names: Sequence[str] | None = None) -> dict:
     spec_path = workdir / f"{tag}.spec.json"
     result_path = workdir / f"{tag}.result.json"
     spec = dict(spec, result=str(result_path))
@@ -308,6 +309,8 @@ def _run_worker(spec: dict, workdir: Path, tag: str, env: dict, *, model_name: s
         raise UnsupportedModelError(f"the {runtime} worker measuring model {model_name!r} {how}: {tail or 'no output'}")
     result = json.loads(result_path.read_text(encoding="utf-8"))
     error = result.get("error")
+    if error and names is not None and error.get("model_index") is not None:
+        model_name = names[error["model_index"]]
     if error:
         first_line = _short_message(error["message"])
         doing = {"import": "is not usable (import failed) for", "load": "cannot load"}.get(error["stage"], "loaded but cannot run")
@@ -411,6 +414,89 @@ def benchmark(
     settings = {"runtime": runtime, "threads": threads, "rounds": rounds, "warmup": warmup,
                 "iterations": iterations, "batch": batch, "precision": precision, "dims": dict(dims or {})}
     return BenchReport(results=results, settings=settings)
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """Result of :func:`compare_interleaved`, in the order the models were given (the first is the
+    reference). ``ratios[i]`` is the median over cycles of model i's block median divided by the
+    reference's block median in the same cycle; ``ratio_iqr[i]`` the 25th-75th percentiles of those
+    per-cycle ratios; ``median_ms[i]`` the median of model i's block medians."""
+
+    names: tuple[str, ...]
+    median_ms: tuple[float, ...]
+    ratios: tuple[float, ...]
+    ratio_iqr: tuple[tuple[float, float], ...]
+    cycles: int
+    block: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "median_ms": list(self.median_ms), "ratios": list(self.ratios),
+                "ratio_iqr": [list(q) for q in self.ratio_iqr], "cycles": self.cycles, "block": self.block,
+                "settings": dict(self.settings),
+                "method": "all models loaded in one fresh worker process and timed in alternation: each cycle runs every "
+                          "model `block` times back to back (starting model rotated per cycle) and keeps the block median; "
+                          "ratio = median over cycles of (block median / reference block median of the same cycle)"}
+
+
+def compare_interleaved(
+    models: Any,
+    *,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    inputs: Any = None,
+    block: int = 20,
+    budget_s: float = 8.0,
+    min_cycles: int = 15,
+    max_cycles: int = 300,
+    warmup: int = 20,
+    batch: int = 1,
+    precision: str = "f32",
+    dims: Mapping[str, int] | None = None,
+) -> Interleaved:
+    """Latency ratios of ``models`` against the first, measured in alternation in one fresh process.
+
+    :func:`benchmark` gives each model its own processes (honest load time and peak memory), but on
+    a shared machine its rounds are seconds apart and the machine's speed drifts between them, so
+    candidates a few percent apart can swap places from run to run. Here all models share one worker
+    and are timed in short alternating blocks, milliseconds apart, for about ``budget_s`` seconds of
+    runs (at least ``min_cycles`` cycles): the ratio to use when choosing between close candidates.
+    """
+    import numpy as np
+
+    module = _runtime(runtime)
+    for name, value, minimum in (("threads", threads, 1), ("block", block, 1), ("min_cycles", min_cycles, 1),
+                                 ("max_cycles", max_cycles, 1), ("warmup", warmup, 0), ("batch", batch, 1)):
+        _check_int(name, value, minimum)
+    if not isinstance(budget_s, (int, float)) or isinstance(budget_s, bool) or budget_s <= 0:
+        raise ConfigError(f"budget_s must be a positive number of seconds; got {budget_s!r}")
+    if precision not in module.PRECISIONS:
+        raise ConfigError(f"precision for runtime {runtime!r} must be one of {list(module.PRECISIONS)}; got {precision!r}")
+    model_list = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not model_list:
+        raise ConfigError("compare_interleaved() needs at least one model; got an empty list")
+    with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
+        workdir = Path(tmp)
+        prepared = _prepare(model_list, workdir, batch=batch, inputs=inputs, dims=dims)
+        spec = {"mode": "interleave", "module": module.__name__.rsplit(".", 1)[1], "threads": threads,
+                "precision": precision, "warmup": warmup, "block": block, "budget_s": float(budget_s),
+                "min_cycles": min_cycles, "max_cycles": max(min_cycles, max_cycles),
+                "models": [{"model": item.path, "inputs": item.inputs} for item in prepared]}
+        names = [item.name for item in prepared]
+        result = _run_worker(spec, workdir, "interleave", _worker_env(threads), model_name=", ".join(names),
+                             runtime=runtime, names=names)
+    medians = np.asarray(result["block_medians_ms"], dtype=np.float64)  # (models, cycles)
+    per_cycle = medians / medians[:1]
+    return Interleaved(
+        names=tuple(names),
+        median_ms=tuple(float(v) for v in np.median(medians, axis=1)),
+        ratios=tuple(float(v) for v in np.median(per_cycle, axis=1)),
+        ratio_iqr=tuple((float(a), float(b)) for a, b in np.percentile(per_cycle, [25, 75], axis=1).T),
+        cycles=int(result["cycles"]), block=int(result.get("block", block)),
+        settings={"runtime": runtime, "threads": threads, "batch": batch, "precision": precision, "warmup": warmup,
+                  "budget_s": float(budget_s), "runtime_version": result.get("runtime_version", "")},
+    )
 
 
 def measure_inprocess(

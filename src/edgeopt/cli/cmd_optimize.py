@@ -97,7 +97,7 @@ def comparison_table(report: dict):
     t.add_column("optimized", justify="right")
     t.add_column("ratio / diff", justify="right")
     t.add_row("size", f"{b['size_bytes']:,} B", f"{c['size_bytes']:,} B", f"{c['size_ratio']:.3f}x")
-    t.add_row("latency (1 thread, best-round median)", f"{b['bench']['best_round_median_ms']:.4f} ms",
+    t.add_row("latency (1 thread)", f"{b['bench']['best_round_median_ms']:.4f} ms",
               f"{c['bench']['best_round_median_ms']:.4f} ms", f"{c['latency_ratio']:.3f}x")
     t.add_row("load time", f"{b['bench']['load_ms']:.1f} ms", f"{c['bench']['load_ms']:.1f} ms", "")
     t.add_row("peak memory", f"{b['bench']['peak_rss_bytes'] / 2**20:.1f} MiB", f"{c['bench']['peak_rss_bytes'] / 2**20:.1f} MiB", "")
@@ -105,6 +105,8 @@ def comparison_table(report: dict):
     t.add_row(f"{metric} (held-out, n={be['samples']})", f"{be['value']:.4f}{_interval(be.get('ci95'), '.3f')}",
               f"{ce['value']:.4f}{_interval(ce.get('ci95'), '.3f')}",
               f"{d['difference']:+.4f}{_interval(d.get('ci95'), '+.4f')}")
+    t.caption = ("latency: best-round median of fresh-process rounds; its ratio: both models timed in alternation "
+                 "in one process (median of same-cycle ratios)")
     fidelity = c.get("fidelity_eval") or {}
     agreement = fidelity.get("top1_agreement")
     if agreement is not None and (metric.startswith("top") or metric == "agreement"):
