@@ -27,7 +27,7 @@ class TestQuantizeInt8(PassContract):
         return [{"calibration": "magic"}, {"samples": 0}, {"activations": "u4"}, {"format": "qcom"},
                 {"exclude_nodes": "conv1"}, {"percentile": 120}, {"pad_channels": "yes"},
                 {"format": "qoperator", "bias_correction": True}, {"format": "qoperator", "pad_channels": True},
-                {"ops": "activations"}, {"float_layers": -1}, {"space_to_depth": "yes"}, {"pack_width": 1}]
+                {"ops": "activations"}, {"float_layers": -1}, {"space_to_depth": "yes"}, {"pack_width": 1}, {"float_tail": "on"}]
 
 
 @pytest.fixture(scope="module")
@@ -380,3 +380,68 @@ def test_pack_width_runs_the_rgb_stem_on_the_fast_kernel(resnet8, cifar, tmp_pat
     record = packed.model.history[-1]
     again = make_pass(record.name, record.params)(folded, ctx).model
     assert record.params["pack_width"] is True and again.onnx_bytes == packed.model.onnx_bytes
+
+
+def test_float_tail_lets_the_last_gemm_output_float_and_softmax_run_float(dscnn, kws_data, tmp_path):
+    """DS-CNN ends Gemm -> Softmax. With float_tail ORT runs a QGemm without output scale (7 inputs:
+    float logits) and a float Softmax, in both formats; predictions stay those of plain int8."""
+    ctx = kws_ctx(kws_data, 32)
+    folded = make_pass("fold")(dscnn, ctx).model
+    rows = kws_data.x[1000:1400]
+    fp32 = folded.predict(rows)[0].argmax(1)
+    for fmt in ("qdq", "qoperator"):
+        plain = make_pass("quantize.int8", {"samples": 32, "format": fmt})(folded, ctx).model
+        tail = make_pass("quantize.int8", {"samples": 32, "format": fmt, "float_tail": True})(folded, ctx)
+        assert tail.stats["float_tail"] == ["StatefulPartitionedCall/functional_1/dense/BiasAdd:0"]
+        ops = {n.op_type: n for n in _ort_optimized(tail.model.onnx_bytes, tmp_path).graph.node}
+        assert len(ops["QGemm"].input) == 7 and "Softmax" in ops and "QLinearSoftmax" not in ops
+        plain_ops = {n.op_type: n for n in _ort_optimized(plain.onnx_bytes, tmp_path).graph.node}
+        assert len(plain_ops["QGemm"].input) == 9 and "QLinearSoftmax" in plain_ops
+        a, b = plain.predict(rows)[0], tail.model.predict(rows)[0]
+        assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99 and np.mean(b.argmax(1) == fp32) >= 0.97
+        np.testing.assert_allclose(b.sum(1), 1.0, atol=1e-5)  # a float softmax: probabilities, not 1/256 steps
+        assert tail.model.size_bytes <= plain.size_bytes
+
+
+def test_tail_chains_follow_only_single_reader_chains_from_a_weighted_gemm():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.quant.float_tail import tail_chains
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+
+    def model(nodes, outputs=("y",)):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], [w])
+        return helper.make_model(graph)
+
+    gemm = helper.make_node("Gemm", ["x", "w"], ["logits"], name="fc")
+    assert tail_chains(model([gemm, helper.make_node("Softmax", ["logits"], ["y"], name="sm")])) == [("logits", ["sm"])]
+    assert tail_chains(model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")])) == [("y", [])]
+    # the logits are an output too: nothing after the Gemm can be made float safely
+    assert tail_chains(model([gemm, helper.make_node("Softmax", ["logits"], ["y"], name="sm")], ("y", "logits"))) == [
+        ("logits", [])]
+    # an activation input Gemm (no constant weight), or a Relu in the way: no chain
+    assert tail_chains(model([helper.make_node("Gemm", ["x", "x"], ["y"], name="fc")])) == []
+    assert tail_chains(model([gemm, helper.make_node("Relu", ["logits"], ["y"], name="r")])) == []
+
+
+def test_float_tail_on_a_gemm_that_is_the_graph_output(ad_path):
+    """The AD autoencoder's last Gemm is the output itself (the quantizer renames it behind a Q/DQ
+    pair): with float_tail the graph ends in the Gemm / QGemm, and the reconstruction is no worse."""
+    import edgeopt
+    from edgeopt.data import Dataset
+    from edgeopt.passes import PassContext
+
+    x = np.random.default_rng(0).standard_normal((64, 640)).astype(np.float32)
+    ctx = PassContext(calib=Dataset(x), tune=Dataset(x), seed=0)
+    model = make_pass("fold")(edgeopt.load(ad_path), ctx).model  # MatMul + Add -> Gemm, as the optimizer does
+    reference = model.predict(x)[0]
+    for fmt, last in (("qdq", "Gemm"), ("qoperator", "QGemm")):
+        plain = make_pass("quantize.int8", {"samples": 64, "format": fmt})(model, ctx).model
+        tail = make_pass("quantize.int8", {"samples": 64, "format": fmt, "float_tail": True})(model, ctx)
+        assert tail.stats["float_tail"] == [model.outputs[0].name]
+        nodes = tail.model.proto().graph.node
+        assert nodes[-1].op_type == last and nodes[-1].output[0] == model.outputs[0].name
+        err = [np.mean((m.predict(x)[0] - reference) ** 2) for m in (plain, tail.model)]
+        assert err[1] <= err[0] * 1.01

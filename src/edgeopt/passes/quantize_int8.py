@@ -19,7 +19,9 @@ bit-identical). ``space_to_depth`` rewrites such a layer, when it has a stride >
 a stride-1 conv on 4+ channels before quantizing: the fast kernel with no extra MACs (see
 :mod:`edgeopt.quant.space_to_depth`; exact in float). ``pack_width`` rewrites it (any stride) as a
 conv over the input rows' pixels packed 4 values to a channel, via free channels-last Reshapes: the
-fast kernel at some extra MACs (see :mod:`edgeopt.quant.pack_width`; exact in float). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
+fast kernel at some extra MACs (see :mod:`edgeopt.quant.pack_width`; exact in float). ``float_tail``
+lets a classifier's last Gemm output float and the ops after it (Softmax...) run float: faster on
+ONNX Runtime and more exact (see :mod:`edgeopt.quant.float_tail`). The output graph is compacted (see :mod:`edgeopt.quant.compact`).
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class QuantizeInt8(Pass):
         pad_channels: bool = False,
         space_to_depth: bool = False,
         pack_width: bool = False,
+        float_tail: bool = False,
         float_masks: bool = True,
         ops: str = "all",
         float_layers: int = 0,
@@ -184,6 +187,7 @@ class QuantizeInt8(Pass):
         self.pad_channels = pad_channels
         self.space_to_depth = space_to_depth
         self.pack_width = pack_width
+        self.float_tail = float_tail
         self.float_masks = float_masks
         self.ops = ops
         self.float_layers = float_layers
@@ -236,7 +240,7 @@ class QuantizeInt8(Pass):
         if self.ops not in OPS_MODES:
             raise ConfigError(f"quantize.int8: parameter 'ops' must be one of {list(OPS_MODES)}; got {self.ops!r}")
         for flag in ("per_channel", "compact", "bias_correction", "pad_channels", "space_to_depth", "pack_width",
-                     "control_flow_weights"):
+                     "float_tail", "control_flow_weights"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"quantize.int8: parameter {flag!r} must be true or false; got {getattr(self, flag)!r}")
 
@@ -266,6 +270,13 @@ class QuantizeInt8(Pass):
         if unknown:
             raise ConfigError(f"quantize.int8: exclude_nodes names nodes not in the graph: {unknown[:5]}")
         excluded = set(self.exclude_nodes)
+        tails = []
+        if self.float_tail:  # the ops after the last Gemm stay float; the Gemm itself outputs float (below)
+            from ..quant.float_tail import tail_chains
+
+            tails = [(t, nodes) for t, nodes in tail_chains(proto)
+                     if next(n.name for n in proto.graph.node if t in n.output) not in excluded]
+            excluded |= {name for _, nodes in tails for name in nodes}
         if all(n in excluded for n in candidates):
             raise ConfigError("quantize.int8: exclude_nodes keeps every weighted layer in float; nothing would be quantized")
         x, rows = calibration.calibration_rows(ctx.calib, self.samples)
@@ -331,6 +342,10 @@ class QuantizeInt8(Pass):
                  **({"pack_width_layers": packed} if self.pack_width else {}),
                  **({"quantized_tables": tables} if self.ops == "weighted" else {}),
                  **({"most_sensitive": [{"layer": r["layer"], "sqnr_db": r["sqnr_db"]} for r in sensitive]} if sensitive else {})}
+        if self.float_tail:
+            from ..quant.float_tail import float_gemm_outputs
+
+            stats["float_tail"] = float_gemm_outputs(quantized, [t for t, _ in tails])
         if self.control_flow_weights:
             from ..quant.control_flow import quantize_control_flow_weights
 
