@@ -218,10 +218,12 @@ def test_compare_interleaved_structure_and_cycle_budget(dscnn_path, ad_path):
     assert isinstance(result, Interleaved)
     assert result.names == ("dscnn_kws12", "fc_autoencoder_ad01")
     assert result.cycles == 4  # a budget too small for more still gets min_cycles
-    assert result.ratios[0] == 1.0 and result.ratio_iqr[0] == (1.0, 1.0)
+    assert result.ratios[0] == 1.0 and result.cycle_ratios[0] == 1.0 and result.ratio_iqr[0] == (1.0, 1.0)
     low, high = result.ratio_iqr[1]
-    assert 0 < low <= result.ratios[1] <= high
-    assert all(ms > 0 for ms in result.median_ms)
+    assert 0 < low <= result.cycle_ratios[1] <= high
+    # each model's speed is a low quantile of its block medians: at most their median
+    assert all(0 < quiet <= median for quiet, median in zip(result.quiet_ms, result.median_ms))
+    assert result.ratios[1] == pytest.approx(result.quiet_ms[1] / result.quiet_ms[0])
     data = json.loads(json.dumps(result.to_dict()))
     assert data["names"] == list(result.names) and data["cycles"] == 4 and "alternation" in data["method"]
     capped = compare_interleaved([dscnn_path, dscnn_path], block=2, budget_s=60.0, min_cycles=2, max_cycles=5, warmup=1)

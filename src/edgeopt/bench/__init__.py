@@ -416,28 +416,44 @@ def benchmark(
     return BenchReport(results=results, settings=settings)
 
 
+# The quantile of a model's block medians that stands for its speed (see Interleaved). Measured on DS-CNN
+# int8 vs fp32, four runs of 8 s: median of same-cycle ratios 0.748 / 0.747 / 0.803 / 0.743 (the third run
+# caught a slow phase: the fp32 block median rose from 0.065 to 0.086 ms), 0.1 quantile ratio
+# 0.746 / 0.746 / 0.743 / 0.742.
+QUIET_QUANTILE = 0.1
+
+
 @dataclass(frozen=True)
 class Interleaved:
     """Result of :func:`compare_interleaved`, in the order the models were given (the first is the
-    reference). ``ratios[i]`` is the median over cycles of model i's block median divided by the
-    reference's block median in the same cycle; ``ratio_iqr[i]`` the 25th-75th percentiles of those
-    per-cycle ratios; ``median_ms[i]`` the median of model i's block medians."""
+    reference). ``ratios[i]`` = ``quiet_ms[i] / quiet_ms[0]``, where ``quiet_ms`` is the
+    ``QUIET_QUANTILE`` quantile of a model's block medians (its speed in the machine's quiet phases);
+    ``cycle_ratios[i]`` the median over cycles of model i's block median over the reference's in the
+    same cycle, ``ratio_iqr[i]`` the 25th-75th percentiles of those per-cycle ratios (wide = a noisy run);
+    ``median_ms[i]`` the median of model i's block medians."""
 
     names: tuple[str, ...]
     median_ms: tuple[float, ...]
+    quiet_ms: tuple[float, ...]
     ratios: tuple[float, ...]
+    cycle_ratios: tuple[float, ...]
     ratio_iqr: tuple[tuple[float, float], ...]
     cycles: int
     block: int
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "median_ms": list(self.median_ms), "ratios": list(self.ratios),
+        return {"names": list(self.names), "median_ms": list(self.median_ms), "quiet_ms": list(self.quiet_ms),
+                "ratios": list(self.ratios), "cycle_ratios": list(self.cycle_ratios),
                 "ratio_iqr": [list(q) for q in self.ratio_iqr], "cycles": self.cycles, "block": self.block,
                 "settings": dict(self.settings),
                 "method": "all models loaded in one fresh worker process and timed in alternation: each cycle runs every "
                           "model `block` times back to back (starting model rotated per cycle) and keeps the block median; "
-                          "ratio = median over cycles of (block median / reference block median of the same cycle)"}
+                          f"ratio = {QUIET_QUANTILE:g} quantile of the model's block medians / the same of the reference "
+                          "(slow phases of a shared machine add time to every run, pulling same-cycle ratios toward 1); "
+                          "cycle_ratios = median over cycles of same-cycle ratios"}
+
+
 
 
 def compare_interleaved(
@@ -461,7 +477,9 @@ def compare_interleaved(
     a shared machine its rounds are seconds apart and the machine's speed drifts between them, so
     candidates a few percent apart can swap places from run to run. Here all models share one worker
     and are timed in short alternating blocks, milliseconds apart, for about ``budget_s`` seconds of
-    runs (at least ``min_cycles`` cycles): the ratio to use when choosing between close candidates.
+    runs (at least ``min_cycles`` cycles); each model's speed is a low quantile of its block medians
+    (:data:`QUIET_QUANTILE`), which slow phases do not reach. The ratio to use when choosing between
+    close candidates.
     """
     import numpy as np
 
@@ -488,10 +506,13 @@ def compare_interleaved(
                              runtime=runtime, names=names)
     medians = np.asarray(result["block_medians_ms"], dtype=np.float64)  # (models, cycles)
     per_cycle = medians / medians[:1]
+    quiet = np.quantile(medians, QUIET_QUANTILE, axis=1)
     return Interleaved(
         names=tuple(names),
         median_ms=tuple(float(v) for v in np.median(medians, axis=1)),
-        ratios=tuple(float(v) for v in np.median(per_cycle, axis=1)),
+        quiet_ms=tuple(float(v) for v in quiet),
+        ratios=tuple(float(v) for v in quiet / quiet[0]),
+        cycle_ratios=tuple(float(v) for v in np.median(per_cycle, axis=1)),
         ratio_iqr=tuple((float(a), float(b)) for a, b in np.percentile(per_cycle, [25, 75], axis=1).T),
         cycles=int(result["cycles"]), block=int(result.get("block", block)),
         settings={"runtime": runtime, "threads": threads, "batch": batch, "precision": precision, "warmup": warmup,

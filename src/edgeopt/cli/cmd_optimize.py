@@ -106,7 +106,7 @@ def comparison_table(report: dict):
               f"{ce['value']:.4f}{_interval(ce.get('ci95'), '.3f')}",
               f"{d['difference']:+.4f}{_interval(d.get('ci95'), '+.4f')}")
     t.caption = ("latency: best-round median of fresh-process rounds; its ratio: both models timed in alternation "
-                 "in one process (median of same-cycle ratios)")
+                 "in one process, each at its quiet-phase speed (0.1 quantile of its block medians)")
     fidelity = c.get("fidelity_eval") or {}
     agreement = fidelity.get("top1_agreement")
     if agreement is not None and (metric.startswith("top") or metric == "agreement"):

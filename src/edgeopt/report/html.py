@@ -28,7 +28,7 @@ def scatter(candidates: list[Mapping[str, Any]], baseline: Mapping[str, Any] | N
                      "arrayminus": [max(0.0, c["eval"]["value"] - (c["eval"]["ci95"][0] or c["eval"]["value"])) for c in pts]},
             hovertemplate="%{text}<br>latency ratio %{x:.3f}<br>" + metric + " %{y:.4f}<extra></extra>",
         ))
-    fig.update_layout(xaxis_title="latency vs original (1 thread; models timed in alternation, median of same-cycle ratios)", yaxis_title=f"{metric} (held-out rows, 95% CI)",
+    fig.update_layout(xaxis_title="latency vs original (1 thread; models timed in alternation)", yaxis_title=f"{metric} (held-out rows, 95% CI)",
                       height=460, margin={"l": 60, "r": 20, "t": 30, "b": 50}, template="plotly_white")
     return fig.to_html(full_html=False, include_plotlyjs=True)
 
