@@ -11,7 +11,9 @@ A peer whose venv is missing is skipped; one that fails gets a row with its erro
 subset; KWS: 500-4889).
 
 ONNX models are timed together by ``edgeopt.bench.benchmark`` (fresh processes, interleaved rounds,
-1 thread, batch 1; best-round median). LiteRT cannot run in that harness, so the .tflite model and
+1 thread, batch 1; best-round median; column "latency x") and again by
+``edgeopt.bench.compare_interleaved`` (all in one process, timed in alternation, each at the 0.1
+quantile of its block medians; column "latency x alt.", what the optimizer decides on). LiteRT cannot run in that harness, so the .tflite model and
 the fp32 ONNX model are also timed in this process, interleaved, and the LiteRT ratio is against
 that in-process fp32 figure.
 
@@ -160,7 +162,7 @@ PEERS = (  # (argparse dest of the peer's python, row label, quantizer, output f
 
 def run_task(task: str, args, work: Path) -> list[dict]:
     import edgeopt
-    from edgeopt.bench import benchmark
+    from edgeopt.bench import benchmark, compare_interleaved
 
     spec = TASKS[task]
     onnx_path = str(SHARED / spec["onnx"])
@@ -203,15 +205,18 @@ def run_task(task: str, args, work: Path) -> list[dict]:
     models[f"edgeopt ({result.best.name}, goal {goal})"] = best_path
 
     report = benchmark(list(models.values()), threads=1, rounds=args.rounds, iterations=100, inputs=eval_x[:1])
+    # the same ONNX models timed in alternation in one process (what the optimizer decides on)
+    inter = compare_interleaved(list(models.values()), threads=1, inputs=eval_x[:1], budget_s=10.0)
     base_ms = report.results[0].best_round_median_ms
     fp32_size = os.path.getsize(onnx_path)
     fp32_acc = None
-    for (name, path), r in zip(models.items(), report.results):
+    for (name, path), r, alternating in zip(models.items(), report.results, inter.ratios):
         acc = top1(ort_outputs(path, eval_x), eval_y)
         fp32_acc = acc if fp32_acc is None else fp32_acc
         rows.append({"task": task, "method": name, "top1": acc, "drop_pt": 100 * (fp32_acc - acc),
                      "bytes": os.path.getsize(path), "size_ratio": os.path.getsize(path) / fp32_size,
                      "latency_ms": r.best_round_median_ms, "latency_ratio": r.best_round_median_ms / base_ms,
+                     "latency_ratio_interleaved": alternating,
                      "spread": r.spread, "runtime": "onnxruntime (edgeopt.bench, fresh processes)"})
     # LiteRT reference int8
     lite_acc = top1(litert_outputs(tflite_path, eval_x), eval_y)
@@ -246,14 +251,15 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title="PTQ vs peers (top-1 on the same eval rows; latency ratio vs fp32 from one run, 1 thread)")
-    for col in ("task", "method", "top-1", "drop pt", "bytes", "size x", "latency x", "spread"):
+    for col in ("task", "method", "top-1", "drop pt", "bytes", "size x", "latency x", "spread", "latency x alt."):
         table.add_column(col, justify="left" if col in ("task", "method") else "right")
     for r in all_rows:
         if "top1" not in r:
-            table.add_row(r["task"], r["method"], *(["—"] * 6)) if "error" not in r else table.add_row(r["task"], r["method"], r["error"][:40], *(["—"] * 5))
+            table.add_row(r["task"], r["method"], *(["—"] * 7)) if "error" not in r else table.add_row(r["task"], r["method"], r["error"][:40], *(["—"] * 6))
             continue
         table.add_row(r["task"], r["method"], f"{100 * r['top1']:.2f}%", f"{r['drop_pt']:+.2f}", f"{r['bytes']:,}",
-                      f"{r['size_ratio']:.3f}", f"{r['latency_ratio']:.3f}", "—" if r["spread"] is None else f"{r['spread']:.2f}")
+                      f"{r['size_ratio']:.3f}", f"{r['latency_ratio']:.3f}", "—" if r["spread"] is None else f"{r['spread']:.2f}",
+                      "—" if r.get("latency_ratio_interleaved") is None else f"{r['latency_ratio_interleaved']:.3f}")
     Console(width=170).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
