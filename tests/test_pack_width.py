@@ -10,7 +10,7 @@ from edgeopt.quant.pack_width import pack_width_plan, pack_width_thin_convs, pac
 from edgeopt.quant.space_to_depth import space_to_depth_thin_convs
 from edgeopt.quant.thin_convs import thin_convs
 
-from test_space_to_depth import conv_model, run
+from test_space_to_depth import assert_same_outputs, conv_model
 
 
 def _copy(model):
@@ -39,10 +39,7 @@ def test_rewrite_computes_the_same_conv_on_four_channels(channels, height, width
     w = next(numpy_helper.to_array(i) for i in rewritten.graph.initializer if i.name == conv.input[1])
     assert w.shape[1] == 4 and w.shape[0] % 16 == 0
     assert "w" not in {i.name for i in rewritten.graph.initializer}  # the old weight is not stored twice
-    x = np.random.default_rng(1).normal(size=(3, channels, height, width)).astype(np.float32)
-    want, got = run(original, x), run(rewritten, x)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+    assert_same_outputs(original, rewritten, (3, channels, height, width), atol=2e-5)
 
 
 @pytest.mark.parametrize("why,kwargs", [

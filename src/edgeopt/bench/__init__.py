@@ -253,6 +253,16 @@ def _prepare(models: Sequence[Any], workdir: Path, *, batch: int, inputs: Any,
     return prepared
 
 
+def _model_list(models: Any, module, runtime: str, precision: str, caller: str) -> list:
+    """``models`` as a non-empty list, after checking ``precision`` against the runtime."""
+    if precision not in module.PRECISIONS:
+        raise ConfigError(f"precision for runtime {runtime!r} must be one of {list(module.PRECISIONS)}; got {precision!r}")
+    model_list = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not model_list:
+        raise ConfigError(f"{caller}() needs at least one model; got an empty list")
+    return model_list
+
+
 def _bytes_on_disk(path: Path) -> int:
     """Size of an ONNX file plus the external data files it references (what a deployment ships)."""
     import onnx
@@ -379,11 +389,7 @@ def benchmark(
     _check_int("warmup", warmup, 0)
     _check_int("iterations", iterations, 1)
     _check_int("batch", batch, 1)
-    if precision not in module.PRECISIONS:
-        raise ConfigError(f"precision for runtime {runtime!r} must be one of {list(module.PRECISIONS)}; got {precision!r}")
-    model_list = list(models) if isinstance(models, (list, tuple)) else [models]
-    if not model_list:
-        raise ConfigError("benchmark() needs at least one model; got an empty list")
+    model_list = _model_list(models, module, runtime, precision, "benchmark")
 
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         workdir = Path(tmp)
@@ -489,11 +495,7 @@ def compare_interleaved(
         _check_int(name, value, minimum)
     if not isinstance(budget_s, (int, float)) or isinstance(budget_s, bool) or budget_s <= 0:
         raise ConfigError(f"budget_s must be a positive number of seconds; got {budget_s!r}")
-    if precision not in module.PRECISIONS:
-        raise ConfigError(f"precision for runtime {runtime!r} must be one of {list(module.PRECISIONS)}; got {precision!r}")
-    model_list = list(models) if isinstance(models, (list, tuple)) else [models]
-    if not model_list:
-        raise ConfigError("compare_interleaved() needs at least one model; got an empty list")
+    model_list = _model_list(models, module, runtime, precision, "compare_interleaved")
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         workdir = Path(tmp)
         prepared = _prepare(model_list, workdir, batch=batch, inputs=inputs, dims=dims)
