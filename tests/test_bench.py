@@ -241,3 +241,15 @@ def test_compare_interleaved_names_the_model_that_fails_and_checks_settings(dscn
             compare_interleaved(dscnn_path, **kwargs)
     with pytest.raises(ConfigError, match="at least one model"):
         compare_interleaved([])
+
+
+def test_cli_alternate_adds_interleaved_ratios(dscnn_path, ad_path):
+    proc = _cli(str(dscnn_path), str(ad_path), "--rounds", "1", "--iterations", "3", "--warmup", "1", "--alternate", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["interleaved"]["names"] == ["dscnn_kws12", "fc_autoencoder_ad01"] and data["interleaved"]["ratios"][0] == 1.0
+    table = _cli(str(dscnn_path), str(ad_path), "--rounds", "1", "--iterations", "3", "--alternate", "0.2")
+    assert table.returncode == 0, table.stderr
+    assert "timed in alternation" in table.stdout and "fc_autoencoder_ad01 x" in table.stdout
+    bad = _cli(str(dscnn_path), "--rounds", "1", "--iterations", "2", "--alternate", "-1")
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: ConfigError: --alternate takes a number of seconds > 0 (0 skips it); got -1"

@@ -20,13 +20,18 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("f32", "--precision", help="Execution precision the runtime may use (openvino: f32, bf16, f16)."),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="For a C export folder (edgeopt export --format c): cortex-m4, cortex-m7 or host; builds it and runs it (QEMU for Cortex-M)."),
         dim: Optional[List[str]] = typer.Option(None, "--dim", help="Size of a dynamic input dimension other than the batch in the random inputs, e.g. --dim sequence=128 (repeatable; default 1)."),
+        alternate: float = typer.Option(0.0, "--alternate", metavar="SECONDS",
+                                        help="Also time the models in alternation in one process for about this many "
+                                             "seconds (ONNX models): latency ratios that repeat on a noisy machine."),
         json_output: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     ) -> None:
         """Latency (best-round p50/p90/p99), load time, peak memory and size of each MODEL, side by side.
 
         Each model is measured in a fresh process per round and the rounds are interleaved, so slow
         phases of a noisy machine hit every model alike; the spread column is the slowest round
-        median over the fastest.
+        median over the fastest. With --alternate, the models are then also loaded together in one
+        process and timed in short alternating blocks, each at the 0.1 quantile of its block medians
+        (the machine's quiet-phase speed): the ratios edgeopt optimize decides on.
         """
         from pathlib import Path
 
@@ -35,6 +40,10 @@ def register(app: typer.Typer) -> None:
         from ..bench import benchmark
         from ._common import console, emit_json, parse_dims
 
+        if alternate < 0:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--alternate takes a number of seconds > 0 (0 skips it); got {alternate:g}")
         c_dirs = [m for m in models if Path(m).is_dir()]
         if c_dirs:
             _bench_c(models, c_dirs, target, json_output)
@@ -58,15 +67,25 @@ def register(app: typer.Typer) -> None:
         finally:
             if bar.live.is_started:
                 bar.stop()
+        inter = None
+        if alternate:
+            from ..bench import compare_interleaved
+
+            inter = compare_interleaved(models, runtime=runtime, threads=threads, batch=batch, precision=precision,
+                                        budget_s=alternate, dims=parse_dims(dim))
         if json_output:
-            emit_json(report)
+            emit_json({**report.to_dict(), **({"interleaved": inter.to_dict()} if inter is not None else {})})
         else:
             out = console()
             out.print(report.table())
+            if inter is not None:
+                out.print("latency ratio vs the first, models timed in alternation in one process "
+                          f"({inter.cycles} cycles of {inter.block} runs): " + ", ".join(
+                              f"{name} x{ratio:.3f}" for name, ratio in zip(inter.names, inter.ratios)))
             worst = max(r.spread for r in report.results)
             if worst > 1.2:
                 out.print(f"[yellow]note:[/] round medians varied up to x{worst:.2f}: the machine was noisy; "
-                          "compare ratios, or raise --rounds")
+                          "compare ratios, raise --rounds, or add --alternate 8")
 
 
 
