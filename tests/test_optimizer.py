@@ -229,3 +229,20 @@ def test_confirmation_remeasures_every_candidate_screened_close_to_the_fastest()
     many = [cand(str(i), 0.70 + i / 1000) for i in range(10)]
     assert len(_contenders(many, 0.005, "latency")) == 6
     assert [c.name for c in _contenders(pool, 0.005, "size")] == ["a", "b", "c"]  # size goal: the 3 smallest
+
+
+def test_latency_ratios_come_from_the_interleaved_run_unless_the_models_are_too_big(result, dscnn_path, kws_data, monkeypatch):
+    """Every benchmarked candidate's ratio is the in-process alternating one (its fresh-process ratio is
+    kept beside it); models too large to load side by side keep the fresh-process ratios, with a note."""
+    timed = [c for c in result.candidates if c.bench]
+    assert timed and all("interleaved_cycle_ratio" in c.bench and "fresh_process_ratio" in c.bench for c in timed)
+    assert result.report_data["measurement"]["bench_settings"]["interleaved"]["cycles"] >= 1
+    import edgeopt.optimizer as optimizer_module
+
+    monkeypatch.setattr(optimizer_module, "INTERLEAVE_MAX_BYTES", 0)
+    small = edgeopt.optimize(dscnn_path, data=kws_data.take(0, 528, name="kws"), metric="top1", max_drop=0.02,
+                             splits=SPLITS, techniques="int8", goal="size", progress=False, bench_rounds=1,
+                             bench_iterations=20, calibration_samples=64, quick=True)
+    assert any("too much to load side by side" in n for n in small.report_data["settings"]["notes"])
+    assert all("interleaved_cycle_ratio" not in c.bench for c in small.candidates if c.bench)
+    assert "interleaved" not in small.report_data["measurement"]["bench_settings"]

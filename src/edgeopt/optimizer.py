@@ -45,11 +45,12 @@ MIXED_MIN_GAIN = 0.05
 # ratios came from fresh-process rounds; the interleaved ratios repeat to about +-0.5%, and at 5% a graph
 # 240 bytes smaller but 4% slower won (ResNet-8: padded first layer 0.506x over packed 0.487x).
 LATENCY_TIE = 0.02
-# Seconds of alternating runs that decide the latency ratios (edgeopt.bench.compare_interleaved).
+# Seconds of alternating runs that decide the latency ratios (edgeopt.bench.compare_interleaved), and
+# the most model bytes loaded side by side for it (beyond, the fresh-process ratios decide).
 INTERLEAVE_BUDGET_S = 8.0
-# Which accurate candidates the confirmation benchmark re-measures: the CONFIRM_TOP fastest, and any
-# other screened within CONFIRM_WITHIN of the fastest, at most CONFIRM_MAX. (A fixed top 3 once lost the
-# best DS-CNN graph: screened 5 rounds on a busy VM, it fell to fourth among candidates ~5% apart.)
+INTERLEAVE_MAX_BYTES = 2 * 2**30
+# Which accurate candidates the confirmation benchmark re-measures for the reported ms, load time and
+# memory: the CONFIRM_TOP fastest, and any other within CONFIRM_WITHIN of the fastest, at most CONFIRM_MAX.
 CONFIRM_TOP = 3
 CONFIRM_WITHIN = 0.15
 CONFIRM_MAX = 6
@@ -618,16 +619,26 @@ def optimize(
             # did not re-measure. Blocks milliseconds apart in one worker give the same ratios run after run.
             from .bench import compare_interleaved
 
-            bar.step(f"comparing {len(built) + 1} models in alternation")
-            inter = compare_interleaved([handle, *[c.model for c in built]], threads=1, inputs=bench_feeds,
-                                        budget_s=INTERLEAVE_BUDGET_S if not (quick or over_budget()) else 2.0)
-            for c, ratio, cycle_ratio, iqr in zip(built, inter.ratios[1:], inter.cycle_ratios[1:], inter.ratio_iqr[1:]):
-                c.bench = {**c.bench, "fresh_process_ratio": c.latency_ratio, "interleaved_cycle_ratio": cycle_ratio,
-                           "interleaved_ratio_iqr": list(iqr)}
-                c.latency_ratio = ratio
-            bench_info = {**bench_info, "interleaved": {"cycles": inter.cycles, "block": inter.block,
-                                                        "budget_s": inter.settings["budget_s"]}}
-            bar.done()
+            inter, together = None, handle.size_bytes + sum(c.model.size_bytes for c in built)
+            if together > INTERLEAVE_MAX_BYTES:
+                notes.append(f"latency ratios from fresh-process rounds: the {len(built) + 1} models hold "
+                             f"{together / 2**30:.1f} GiB, too much to load side by side in one process")
+            else:
+                bar.step(f"comparing {len(built) + 1} models in alternation")
+                try:
+                    inter = compare_interleaved([handle, *[c.model for c in built]], threads=1, inputs=bench_feeds,
+                                                budget_s=INTERLEAVE_BUDGET_S if not (quick or over_budget()) else 2.0)
+                except EdgeOptError as e:  # each loaded alone in its own process; keep those ratios, say why
+                    notes.append(f"latency ratios from fresh-process rounds: the models could not be timed side by side "
+                                 f"in one process ({first_line(e)})")
+                bar.done()
+            if inter is not None:
+                for c, ratio, cycle_ratio, iqr in zip(built, inter.ratios[1:], inter.cycle_ratios[1:], inter.ratio_iqr[1:]):
+                    c.bench = {**c.bench, "fresh_process_ratio": c.latency_ratio, "interleaved_cycle_ratio": cycle_ratio,
+                               "interleaved_ratio_iqr": list(iqr)}
+                    c.latency_ratio = ratio
+                bench_info = {**bench_info, "interleaved": {"cycles": inter.cycles, "block": inter.block,
+                                                            "budget_s": inter.settings["budget_s"]}}
 
             # -- confirm: the contenders' reported figures (ms, load time, memory) from a longer run ------
             contenders = _contenders(candidates, max_drop, goal)
