@@ -70,7 +70,8 @@ def main() -> None:
                         help="teacher-guided synthetic rows per tuning row (covers classes absent from the tuning rows)")
     parser.add_argument("--augment", default="auto")
     parser.add_argument("--round-to", type=int, default=8, help="kept channel counts rounded to multiples of this")
-    parser.add_argument("--feature-weight", type=float, default=5.0)
+    parser.add_argument("--feature-weight", type=float, default=20.0,
+                        help="weight of the feature hints (20: session 10, chosen on --split dev; 5 before)")
     parser.add_argument("--alpha", type=float, default=1.0, help="distillation weight (1 = outputs of the teacher only)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="decay of a moving average of the weights used to judge epochs and kept (0 = off)")
