@@ -46,3 +46,16 @@ def test_supported_single_op_model_exports(tmp_path):
 def test_unknown_target_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cortex-m4"):
         export_c(_qdq_model_with("Relu"), tmp_path / "out", target="esp32")
+
+
+def test_a_float_tail_model_is_refused_with_the_setting_to_change(dscnn, kws_data, tmp_path):
+    """quantize.int8(float_tail=True) leaves the last Gemm's output float (good for ONNX Runtime); the
+    C generator needs it requantized and says which setting to change, before writing anything."""
+    from edgeopt.passes import PassContext, make_pass
+
+    ctx = PassContext(calib=kws_data.take(0, 32), tune=kws_data.take(0, 32), seed=0)
+    folded = make_pass("fold")(dscnn, ctx).model
+    model = make_pass("quantize.int8", {"samples": 32, "float_tail": True, "activations": "s8"})(folded, ctx).model
+    with pytest.raises(UnsupportedModelError, match=r"Gemm.*not requantized \(found Softmax\).*float_tail=false"):
+        export_c(model, tmp_path / "out", target="host")
+    assert not (tmp_path / "out").exists()

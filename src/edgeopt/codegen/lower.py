@@ -174,7 +174,9 @@ def lower(proto) -> LoweredModel:
                 cur = nxt
                 continue
             if nxt.op_type != "QuantizeLinear":
-                raise UnsupportedModelError(f"{_node_label(node)} output is not requantized (found {nxt.op_type}); quantize the model in QDQ form")
+                raise UnsupportedModelError(f"{_node_label(node)} output is not requantized (found {nxt.op_type}); the C generator "
+                                            "needs every layer int8 in QDQ form: quantize with quantize.int8 format=qdq, "
+                                            "float_tail=false, and no float layers")
             return nxt, clamp
 
     def new_tensor(name, shape, scale, zp, alias_of=None) -> QTensor:
